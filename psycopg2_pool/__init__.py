@@ -1,0 +1,44 @@
+"""psycopg2_pool: an observable connection pool for psycopg2.
+
+``from psycopg2_pool import ConnectionPool`` — the API of psycopg2-pool 1.2 and the keywords of
+``psycopg2.pool``, plus waiting with a timeout, health checks, statistics and a listener
+interface (:mod:`psycopg2_pool.events`) that the ``telemetry`` package turns into metrics,
+spans, logs and leak reports.
+"""
+
+from __future__ import annotations
+
+from .connection import PooledConnection
+from .errors import PoolClosed, PoolError, PoolExhausted
+from .events import (
+    CheckinEvent,
+    CheckoutEvent,
+    CloseEvent,
+    ConnectEvent,
+    DiscardEvent,
+    DiscardReason,
+    PoolListener,
+    TimeoutEvent,
+)
+from .pool import ConnectionPool, ThreadedConnectionPool, ThreadSafeConnectionPool, check_connection
+
+__version__ = "2.0.0.dev0"
+
+__all__ = [
+    "CheckinEvent",
+    "CheckoutEvent",
+    "CloseEvent",
+    "ConnectEvent",
+    "ConnectionPool",
+    "DiscardEvent",
+    "DiscardReason",
+    "PoolClosed",
+    "PoolError",
+    "PoolExhausted",
+    "PoolListener",
+    "PooledConnection",
+    "ThreadSafeConnectionPool",
+    "ThreadedConnectionPool",
+    "TimeoutEvent",
+    "check_connection",
+]

@@ -1,0 +1,58 @@
+"""Fork safety: a child process never uses, nor closes, its parent's connections.
+
+A connection is a socket shared with the parent after ``os.fork()``. Closing it in the
+child (explicitly, or when the object is freed) makes libpq send a Terminate message that
+ends the *parent's* session. So, in the child, every inherited connection's socket
+descriptor is first pointed at ``/dev/null`` with ``dup2``; only then is the connection
+closed, which now talks to ``/dev/null`` while the parent's socket stays untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import ConnectionPool
+
+_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_inherited: weakref.WeakKeyDictionary[ConnectionPool, set[int]] = weakref.WeakKeyDictionary()
+
+
+def track(pool: ConnectionPool) -> None:
+    """Reset ``pool`` in every child forked from now on."""
+    _pools.add(pool)
+
+
+def untrack(pool: ConnectionPool) -> None:
+    _pools.discard(pool)
+
+
+def inherited(pool: ConnectionPool, conn: Any) -> bool:
+    """True when ``conn`` was one of ``pool``'s connections in the parent process."""
+    return id(conn) in _inherited.get(pool, ())
+
+
+def detach(pool: ConnectionPool, conns: list[Any]) -> None:
+    """Point each connection's socket at /dev/null so that closing it cannot reach the server."""
+    _inherited[pool] = {id(c) for c in conns}
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in conns:
+            try:
+                fd = conn.fileno()
+            except Exception:  # noqa: BLE001 - already closed: nothing to detach
+                continue
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

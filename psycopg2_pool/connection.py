@@ -1,0 +1,78 @@
+"""Connections that know their pool, so ``with pool.getconn() as conn:`` returns them.
+
+psycopg2's own ``with conn:`` ends the transaction but keeps the connection checked out. The
+pool opens its connections through a subclass of the connection class (psycopg2's, or the
+``connection_factory`` the user passed) whose ``__exit__`` also hands the connection back,
+and whose ``__enter__`` refuses a connection that was already returned.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._driver import extensions
+from .errors import PoolError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import ConnectionPool
+
+
+def _enter(self: Any) -> Any:
+    pool: ConnectionPool = self._pool
+    if not pool._is_checked_out(self):
+        raise PoolError(
+            "this connection was already returned to the pool: using it in a with block "
+            "would share it with whoever checks it out next; take a new one with "
+            "`with pool.getconn() as conn:` or `with pool.connection() as conn:`")
+    return self
+
+
+def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | None,
+          tb: TracebackType | None) -> None:
+    pool: ConnectionPool = self._pool
+    if not pool._is_checked_out(self):
+        if exc_type is None:
+            raise PoolError(
+                "the connection was returned to the pool inside its with block, so its "
+                "transaction was rolled back, not committed; let the with block return it")
+        return
+    try:
+        end_transaction(self, commit=exc_type is None)
+    finally:
+        pool.putconn(self)
+
+
+def end_transaction(conn: Any, *, commit: bool) -> None:
+    """Commit (``commit=True``) or roll back; a failed rollback is left to ``putconn``."""
+    if conn.closed:
+        return
+    if commit:
+        conn.commit()
+        return
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001 - the caller's exception matters; putconn discards
+        pass
+
+
+@lru_cache(maxsize=None)
+def pooled_class(factory: type) -> type:
+    """The pooled subclass of a connection class (cached: one per class)."""
+    if not (isinstance(factory, type) and issubclass(factory, extensions.connection)):
+        raise TypeError("connection_factory must be a subclass of "
+                        "psycopg2.extensions.connection")
+    return type(f"Pooled{factory.__name__}", (factory,), {
+        "__slots__": ("_pool",),
+        "__module__": __name__,
+        "__enter__": _enter,
+        "__exit__": _exit,
+        "__doc__": f"A {factory.__name__} opened by a psycopg2_pool pool; "
+                   "``with conn:`` returns it to the pool.",
+    })
+
+
+PooledConnection = pooled_class(extensions.connection)
+
+__all__ = ["PooledConnection", "end_transaction", "pooled_class"]

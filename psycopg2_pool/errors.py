@@ -1,0 +1,38 @@
+"""The pool's exceptions.
+
+They subclass ``psycopg2.pool.PoolError`` so code written for ``psycopg2.pool`` keeps catching
+them; exhaustion is also a ``psycopg2.OperationalError``, the class psycopg2-pool 1.2's users see
+in the error ``psycopg2.OperationalError: no more connections in the pool``.
+"""
+
+from __future__ import annotations
+
+from ._driver import psycopg2, psycopg2_pool_module
+
+
+class PoolError(psycopg2_pool_module.PoolError):
+    """Misuse of the pool: a foreign or already returned connection, a closed pool, ..."""
+
+
+class PoolClosed(PoolError):
+    """The pool was closed with :meth:`ConnectionPool.close`; make a new pool to go on."""
+
+
+class PoolExhausted(PoolError, psycopg2.OperationalError):
+    """``getconn`` found all ``maxconn`` connections in use and none came back in time.
+
+    Attributes give the figures of the message, for programs: ``maxconn``, ``in_use``,
+    ``waited`` (seconds) and ``timeout`` (seconds).
+    """
+
+    def __init__(self, message: str = "no more connections in the pool", *,
+                 maxconn: float = 0, in_use: int = 0, waited: float = 0.0,
+                 timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.maxconn = maxconn
+        self.in_use = in_use
+        self.waited = waited
+        self.timeout = timeout
+
+
+__all__ = ["PoolError", "PoolClosed", "PoolExhausted"]

@@ -1,0 +1,123 @@
+"""The pool's public hook interface: events and the listener that receives them.
+
+A listener is any object with some of the ``on_*`` methods of :class:`PoolListener`
+(subclassing it is optional). The pool looks the methods up once, in
+:meth:`ConnectionPool.add_listener`, and calls them synchronously on the thread that caused
+the event, never while holding its lock. A method that raises is logged on the
+``psycopg2_pool`` logger and otherwise ignored: a listener cannot break ``getconn`` or
+``putconn``. With no listener the pool builds no event at all.
+
+Events are small immutable records. Times are seconds (floats) from ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import ConnectionPool
+
+
+class DiscardReason:
+    """Why the pool closed a connection (the ``reason`` of :class:`DiscardEvent`)."""
+
+    BROKEN = "broken"  #: the connection was found unusable (lost, or left in a bad state)
+    IDLE_TIMEOUT = "idle_timeout"  #: idle longer than ``idle_timeout``
+    MAX_LIFETIME = "max_lifetime"  #: open longer than ``max_lifetime``
+    CLOSED_BY_USER = "closed_by_user"  #: closed by the application, or ``putconn(close=True)``
+    FAILED_CHECK = "failed_check"  #: the checkout health check failed
+    POOL_CLOSED = "pool_closed"  #: the pool was closed
+    FORK = "fork"  #: inherited through ``os.fork()``; detached in the child, never used
+    GARBAGE_COLLECTED = "garbage_collected"  #: checked out, then dropped without putconn
+    CLEARED = "cleared"  #: idle, closed by :meth:`ConnectionPool.clear`
+
+    ALL = (BROKEN, IDLE_TIMEOUT, MAX_LIFETIME, CLOSED_BY_USER, FAILED_CHECK, POOL_CLOSED,
+           FORK, GARBAGE_COLLECTED, CLEARED)
+
+
+class ConnectEvent(NamedTuple):
+    """A connection was opened (``error`` is None) or failed to open."""
+
+    pool: ConnectionPool
+    connection: Any  #: the new connection, or None on failure
+    duration: float  #: seconds spent in ``psycopg2.connect``
+    error: BaseException | None
+
+
+class CheckoutEvent(NamedTuple):
+    """``getconn`` handed out a connection."""
+
+    pool: ConnectionPool
+    connection: Any
+    wait_time: float  #: seconds from the call to the hand-out (0.0 when it did not wait)
+    waited: bool  #: True when the call queued for a connection
+
+
+class CheckinEvent(NamedTuple):
+    """``putconn`` took a connection back (kept for reuse, or discarded)."""
+
+    pool: ConnectionPool
+    connection: Any
+    use_time: float  #: seconds the connection was checked out
+    kept: bool  #: False when it was closed instead of kept (see ``reason``)
+    reason: str | None  #: a :class:`DiscardReason` when not kept
+
+
+class TimeoutEvent(NamedTuple):
+    """``getconn`` gave up: the pool was exhausted (at once when ``timeout`` is 0)."""
+
+    pool: ConnectionPool
+    wait_time: float  #: seconds waited before giving up
+    timeout: float  #: the timeout that applied
+    error: BaseException  #: the ``PoolExhausted`` about to be raised (listeners may add notes)
+
+
+class DiscardEvent(NamedTuple):
+    """The pool closed a connection, or lost one to the garbage collector."""
+
+    pool: ConnectionPool
+    connection: Any  #: None when the connection was garbage-collected
+    connection_id: int  #: ``id()`` of the connection, valid even when it is gone
+    backend_pid: int  #: the server process that served it (0 if unknown)
+    reason: str  #: a :class:`DiscardReason`
+    age: float  #: seconds since it was opened
+
+
+class CloseEvent(NamedTuple):
+    """The pool was closed."""
+
+    pool: ConnectionPool
+    in_use: int  #: connections still checked out (they are closed when returned)
+
+
+class PoolListener:
+    """Base class for listeners; override the methods you need, leave the others.
+
+    Each method receives one event. Methods run on the caller's thread: keep them short and
+    never block (hand expensive work to another thread).
+    """
+
+    def on_connect(self, event: ConnectEvent) -> None:
+        """A connection was opened, or failed to open."""
+
+    def on_checkout(self, event: CheckoutEvent) -> None:
+        """``getconn`` returned a connection."""
+
+    def on_checkin(self, event: CheckinEvent) -> None:
+        """``putconn`` received a connection."""
+
+    def on_timeout(self, event: TimeoutEvent) -> None:
+        """``getconn`` is about to raise ``PoolExhausted``."""
+
+    def on_discard(self, event: DiscardEvent) -> None:
+        """A connection was closed by the pool, or collected while checked out."""
+
+    def on_close(self, event: CloseEvent) -> None:
+        """The pool was closed."""
+
+
+#: Listener method names, in the order the pool dispatches them.
+HOOKS = ("on_connect", "on_checkout", "on_checkin", "on_timeout", "on_discard", "on_close")
+
+__all__ = ["CheckinEvent", "CheckoutEvent", "CloseEvent", "ConnectEvent", "DiscardEvent",
+           "DiscardReason", "HOOKS", "PoolListener", "TimeoutEvent"]

@@ -1,0 +1,816 @@
+"""The connection pool.
+
+One implementation, thread-safe: a single lock guards the bookkeeping and is never held
+across I/O (connecting, rolling back, closing, health checks). Callers that find the pool
+exhausted queue in arrival order and are handed a connection (or a free slot to open one)
+directly by ``putconn``, so nobody barges ahead of a waiter.
+
+The pool holds idle connections strongly and checked-out ones only weakly: a connection the
+application drops without ``putconn`` is garbage-collected, closed by psycopg2, reported as a
+``garbage_collected`` discard, and its slot is given back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable
+from time import monotonic
+from types import TracebackType
+from typing import Any
+
+from . import _forking
+from ._driver import extensions, psycopg2
+from .connection import end_transaction, pooled_class
+from .dsn import default_pool_name, parse_options
+from .errors import PoolClosed, PoolError, PoolExhausted
+from .events import (
+    HOOKS,
+    CheckinEvent,
+    CheckoutEvent,
+    CloseEvent,
+    ConnectEvent,
+    DiscardEvent,
+    DiscardReason,
+    PoolListener,
+    TimeoutEvent,
+)
+
+logger = logging.getLogger("psycopg2_pool")
+
+_IDLE = extensions.TRANSACTION_STATUS_IDLE
+_ACTIVE = extensions.TRANSACTION_STATUS_ACTIVE
+_UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
+_INF = math.inf
+
+Connection = Any  # a psycopg2 connection opened by the pool
+
+
+class _Record:
+    """What the pool knows of one open connection."""
+
+    __slots__ = ("ref", "pool_ref", "conn_id", "backend_pid", "created", "expires", "since", "key")
+
+    def __init__(self, pool: ConnectionPool, conn: Connection, created: float,
+                 expires: float) -> None:
+        self.pool_ref = pool._self_ref
+        self.ref = weakref.ref(conn, self._collected)
+        self.conn_id = id(conn)
+        self.backend_pid: int = conn.info.backend_pid
+        self.created = created
+        self.expires = expires
+        self.since: float | None = None  # checkout time; None while idle
+        self.key: Hashable | None = None
+
+    def _collected(self, _ref: weakref.ref[Any]) -> None:
+        pool = self.pool_ref()
+        if pool is not None and self.since is not None:
+            pool._connection_collected(self)
+
+
+class _Waiter:
+    """A getconn queued for a connection; ``putconn`` fills one field and releases ``lock``."""
+
+    __slots__ = ("lock", "conn", "slot", "error")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.conn: Connection = None  # a strong reference: the giver may drop its own
+        self.slot = False  # True: a slot was freed for this waiter to open a connection
+        self.error: BaseException | None = None
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool = False, positive: bool = False,
+             allow_inf: bool = True) -> float | None:
+    """Validate a duration argument: a real number of seconds, not NaN, not negative."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (pass the DSN as dsn=...)" if isinstance(value, str) else ""
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}{hint}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, got NaN")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+    if value == _INF and not allow_inf:
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_connection(conn: Connection) -> None:
+    """The default health check: one ``SELECT 1`` round trip, leaving no transaction open."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    finally:
+        conn.autocommit = autocommit
+
+
+class ConnectionPool:
+    """A thread-safe pool of psycopg2 connections.
+
+    ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
+    psycopg2-pool 1.2; see docs/api.md for every argument, attribute and error.
+    """
+
+    def __init__(self, minconn: int = 1, maxconn: float = _INF, idle_timeout: float | None = 600,
+                 *, timeout: float = 0.0, max_lifetime: float | None = None,
+                 check_idle_after: float | None = None,
+                 check: Callable[[Connection], object] | None = None,
+                 name: str | None = None, **connect_kwargs: Any) -> None:
+        if isinstance(minconn, bool) or not isinstance(minconn, int):
+            raise TypeError(f"minconn must be an int, got {type(minconn).__name__}")
+        if minconn < 0:
+            raise ValueError(f"minconn must be >= 0, got {minconn}")
+        if isinstance(maxconn, bool) or not isinstance(maxconn, (int, float)) or (
+                isinstance(maxconn, float) and maxconn != _INF):
+            raise TypeError(f"maxconn must be an int (or float('inf') for no limit), "
+                            f"got {maxconn!r}")
+        if maxconn < 1:
+            raise ValueError(f"maxconn must be >= 1, got {maxconn}")
+        if minconn > maxconn:
+            raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
+        idle = _seconds("idle_timeout", idle_timeout, allow_none=True)
+        if check is not None and not callable(check):
+            raise TypeError(f"check must be a callable taking a connection, "
+                            f"got {type(check).__name__}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError("name must be a non-empty str")
+        if connect_kwargs.get("async") or connect_kwargs.get("async_"):
+            raise TypeError("asynchronous connections cannot be pooled; drop async=True")
+        factory = connect_kwargs.get("connection_factory") or extensions.connection
+        options = parse_options(connect_kwargs)
+        connect_kwargs.setdefault("dsn", "")
+
+        self.minconn = minconn
+        self.maxconn = maxconn
+        self.idle_timeout = idle
+        self.timeout = _seconds("timeout", timeout)
+        self.max_lifetime = _seconds("max_lifetime", max_lifetime, allow_none=True, positive=True)
+        self.check_idle_after = _seconds("check_idle_after", check_idle_after, allow_none=True)
+        if check is not None and self.check_idle_after is None:
+            self.check_idle_after = 0.0
+        self.check = check if check is not None else check_connection
+        self.connect_kwargs = connect_kwargs
+        self.name = name or default_pool_name(options)
+
+        #: Idle connections, last in first out (psycopg2-pool 1.2's attribute).
+        self.idle_connections: deque[Connection] = deque()
+        #: Connection -> monotonic time it became idle (psycopg2-pool 1.2's attribute).
+        self.return_times: dict[Connection, float] = {}
+
+        self._self_ref = weakref.ref(self)
+        self._connect_args = {k: v for k, v in connect_kwargs.items()
+                              if k != "connection_factory"}
+        self._factory = pooled_class(factory)
+        self._lock = threading.Lock()
+        self._records: dict[int, _Record] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._keys: dict[Hashable, Connection] = {}
+        self._collected: deque[_Record] = deque()
+        self._size = 0  # open connections + connections being opened
+        self._opening = 0
+        self._closed = False
+        self._pid = os.getpid()
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._discards = dict.fromkeys(DiscardReason.ALL, 0)
+        self._listeners: tuple[object, ...] = ()
+        self._on_connect: tuple[Callable[[Any], None], ...] = ()
+        self._on_checkout: tuple[Callable[[Any], None], ...] = ()
+        self._on_checkin: tuple[Callable[[Any], None], ...] = ()
+        self._on_timeout: tuple[Callable[[Any], None], ...] = ()
+        self._on_discard: tuple[Callable[[Any], None], ...] = ()
+        self._on_close: tuple[Callable[[Any], None], ...] = ()
+        _forking.track(self)
+
+        try:
+            for _ in range(minconn):
+                with self._lock:
+                    self._size += 1
+                    self._opening += 1
+                self._open(idle=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public API ------------------------------------------------------------------------
+
+    def getconn(self, key: Hashable | None = None, *, timeout: float | None = None) -> Connection:
+        """Check a connection out of the pool.
+
+        Reuses the most recently returned idle connection, else opens one while fewer than
+        ``maxconn`` are open, else waits up to ``timeout`` seconds (the pool's ``timeout``
+        when not given) for one to be returned, then raises :class:`PoolExhausted`.
+        ``key`` (psycopg2.pool's) returns the connection already checked out under that key.
+        """
+        if key is not None:
+            return self._getconn_keyed(key, timeout)
+        started = 0.0
+        self._stats["requests"] += 1
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                if self.idle_connections:
+                    conn = self.idle_connections.pop()
+                    returned = self.return_times.pop(conn, 0.0)
+                    rec = self._records[id(conn)]
+                    rec.since = now = monotonic()
+                elif self._size < self.maxconn:
+                    self._size += 1
+                    self._opening += 1
+                    conn = None
+                elif self._collected:
+                    self._drain_collected()
+                    continue
+                else:
+                    if not started:
+                        started = monotonic()
+                    conn = self._wait(started, self.timeout if timeout is None else timeout)
+                    if conn is not None:  # handed over by putconn: already reset and checked
+                        return self._checked_out(conn, started)
+            if conn is None:
+                return self._checked_out(self._open(idle=False), started)
+            reason = self._unusable(conn, rec, now, returned)
+            if reason is None:
+                if self._on_checkout:
+                    self._emit(self._on_checkout, CheckoutEvent(
+                        self, conn, now - started if started else 0.0, bool(started)))
+                return conn
+            self._discard(conn, rec, reason)
+
+    def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
+        """Return a connection to the pool.
+
+        An open transaction is rolled back; a closed or broken connection is discarded, as is
+        one past ``max_lifetime`` or returned with ``close=True``. Connections idle past
+        ``idle_timeout`` are closed, and the pool is refilled to ``minconn``.
+        """
+        rec = self._records.get(id(conn))
+        if rec is None or rec.since is None or rec.key is not None or key is not None \
+                or rec.ref() is not conn:
+            rec = self._check_return(conn, key)
+        status = conn.get_transaction_status()
+        reason: str | None = None
+        if close:
+            reason = DiscardReason.CLOSED_BY_USER
+        elif status:
+            reason = self._reset(conn, status)
+        now = monotonic()
+        if reason is None and now >= rec.expires:
+            reason = DiscardReason.MAX_LIFETIME
+        to_close: list[Connection] | None = None
+        refill = 0
+        with self._lock:
+            since = rec.since
+            if since is None:
+                raise self._returned_twice_error()
+            self._stats["returns"] += 1
+            self._stats["usage_time"] += now - since
+            if reason is None and self._closed:
+                reason = DiscardReason.POOL_CLOSED
+            if reason is not None:
+                rec.since = None
+                self._records.pop(rec.conn_id, None)
+                self._free_slot()
+            elif self._waiters:
+                waiter = self._waiters.popleft()
+                rec.since = now
+                waiter.conn = conn
+                waiter.lock.release()
+            else:
+                rec.since = None
+                idle = self.idle_connections
+                idle_timeout = self.idle_timeout
+                if idle_timeout == 0 and len(idle) >= self.minconn:
+                    reason = DiscardReason.IDLE_TIMEOUT
+                    self._records.pop(rec.conn_id, None)
+                    self._size -= 1
+                else:
+                    idle.append(conn)
+                    self.return_times[conn] = now
+                    if idle_timeout and now - self.return_times.get(idle[0], now) > idle_timeout:
+                        to_close = self._prune_idle(now, idle_timeout)
+            if self._size < self.minconn:
+                refill = self._reserve_refill()
+        if self._on_checkin:
+            self._emit(self._on_checkin, CheckinEvent(self, conn, now - since, reason is None,
+                                                      reason))
+        if reason is not None:
+            self._close_connection(conn, rec, reason, now)
+        if to_close:
+            for old, old_rec in to_close:
+                self._close_connection(old, old_rec, DiscardReason.IDLE_TIMEOUT, now)
+        if refill:
+            self._refill(refill)
+
+    def connection(self, timeout: float | None = None) -> _ConnectionContext:
+        """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
+        return _ConnectionContext(self, timeout)
+
+    def clear(self) -> None:
+        """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
+        with self._lock:
+            conns = list(self.idle_connections)
+            self.idle_connections.clear()
+            self.return_times.clear()
+            recs = [self._records.pop(id(c)) for c in conns]
+            self._size -= len(conns)
+        now = monotonic()
+        for conn, rec in zip(conns, recs):
+            self._close_connection(conn, rec, DiscardReason.CLEARED, now)
+
+    def close(self) -> None:
+        """Close the pool: idle connections now, checked-out ones when they are returned.
+
+        Idempotent. Queued ``getconn`` calls fail with :class:`PoolClosed`, as do later ones.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns = list(self.idle_connections)
+            self.idle_connections.clear()
+            self.return_times.clear()
+            recs = [self._records.pop(id(c)) for c in conns]
+            self._size -= len(conns)
+            in_use = self._size
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.error = self._closed_error()
+                waiter.lock.release()
+        _forking.untrack(self)
+        now = monotonic()
+        for conn, rec in zip(conns, recs):
+            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+        if self._on_close:
+            self._emit(self._on_close, CloseEvent(self, in_use))
+
+    closeall = close  #: psycopg2.pool's name for :meth:`close`
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def connections_in_use(self) -> frozenset[Connection]:
+        """The checked-out connections (a snapshot; psycopg2-pool 1.2 kept a WeakSet)."""
+        with self._lock:
+            recs = list(self._records.values())
+        return frozenset(c for r in recs if r.since is not None and (c := r.ref()) is not None)
+
+    def get_stats(self) -> dict[str, Any]:
+        """A snapshot of the pool's state and counters since it was created (docs/api.md)."""
+        with self._lock:
+            if self._collected:
+                self._drain_collected()
+            available = len(self.idle_connections)
+            stats: dict[str, Any] = {
+                "name": self.name,
+                "pool_min": self.minconn,
+                "pool_max": self.maxconn,
+                "pool_size": self._size,
+                "pool_available": available,
+                "pool_in_use": self._size - available - self._opening,
+                "pool_opening": self._opening,
+                "requests_waiting": len(self._waiters),
+            }
+            counters = dict(self._stats)
+            discards = dict(self._discards)
+        counters["requests_wait_ms"] = round(counters.pop("wait_time") * 1000, 3)
+        counters["usage_ms"] = round(counters.pop("usage_time") * 1000, 3)
+        counters["connections_ms"] = round(counters.pop("connect_time") * 1000, 3)
+        stats.update(counters)
+        stats["connections_discarded"] = sum(discards.values())
+        stats.update({f"discarded_{reason}": n for reason, n in discards.items()})
+        return stats
+
+    def add_listener(self, listener: object) -> None:
+        """Attach a listener (see :mod:`psycopg2_pool.events`); its ``on_*`` methods are used."""
+        if not any(callable(getattr(listener, hook, None)) for hook in HOOKS):
+            raise TypeError(f"a listener needs at least one of the methods {', '.join(HOOKS)}")
+        with self._lock:
+            if listener in self._listeners:
+                raise ValueError("this listener is already attached to the pool")
+            self._set_listeners((*self._listeners, listener))
+
+    def remove_listener(self, listener: object) -> None:
+        """Detach a listener; a listener that is not attached is ignored."""
+        with self._lock:
+            self._set_listeners(tuple(x for x in self._listeners if x is not listener))
+
+    @property
+    def listeners(self) -> tuple[object, ...]:
+        """The attached listeners, in the order they are called."""
+        return self._listeners
+
+    def __enter__(self) -> ConnectionPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else (
+            f"size={self._size} idle={len(self.idle_connections)} max={self.maxconn}")
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    # -- checkout internals ------------------------------------------------------------------
+
+    def _checked_out(self, conn: Connection, started: float) -> Connection:
+        """Finish the checkout of a new or handed-over connection (outside the lock)."""
+        if self._on_checkout:
+            wait = monotonic() - started if started else 0.0
+            self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, bool(started)))
+        return conn
+
+    def _unusable(self, conn: Connection, rec: _Record, now: float,
+                  returned: float) -> str | None:
+        """Why an idle connection must not be handed out, or None when it is fine."""
+        if conn.get_transaction_status() != _IDLE:
+            return DiscardReason.CLOSED_BY_USER if conn.closed else DiscardReason.BROKEN
+        if self.idle_timeout and now - returned > self.idle_timeout:
+            return DiscardReason.IDLE_TIMEOUT
+        if now >= rec.expires:
+            return DiscardReason.MAX_LIFETIME
+        if self.check_idle_after is not None and now - returned >= self.check_idle_after:
+            try:
+                self.check(conn)
+            except Exception:  # noqa: BLE001 - any failure means "do not hand it out"
+                return DiscardReason.FAILED_CHECK
+            if conn.get_transaction_status() != _IDLE:
+                return DiscardReason.FAILED_CHECK
+        return None
+
+    def _wait(self, started: float, timeout: float) -> Connection:
+        """Queue for a connection; called and returns with the lock held.
+
+        Returns the handed-over connection, or None when a slot was handed over instead.
+        """
+        lock = self._lock
+        if timeout <= 0:
+            raise self._exhausted(started, timeout)
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._stats["waits"] += 1
+        deadline = started + timeout
+        try:
+            while True:
+                remaining = deadline - monotonic()
+                lock.release()
+                try:
+                    # Bounded slices: a connection collected while another thread held the
+                    # lock frees its slot only when someone drains it (rare; see _collected).
+                    got = remaining > 0 and waiter.lock.acquire(timeout=min(remaining, 1.0))
+                finally:
+                    lock.acquire()
+                if got or waiter.conn is not None or waiter.slot or waiter.error is not None:
+                    break
+                if self._collected:
+                    self._drain_collected()
+                    continue
+                if monotonic() >= deadline:
+                    self._waiters.remove(waiter)
+                    raise self._exhausted(started, timeout)
+        finally:
+            self._stats["wait_time"] += monotonic() - started
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.conn
+
+    def _exhausted(self, started: float, timeout: float) -> PoolExhausted:
+        """Build the exhaustion error (lock held) and announce it (listeners run unlocked)."""
+        waited = monotonic() - started if timeout > 0 else 0.0
+        in_use = self._size - len(self.idle_connections) - self._opening
+        self._stats["timeouts"] += 1
+        queued = len(self._waiters)
+        wait_text = (f"waited {waited:.3g} s (timeout={timeout:g} s)" if timeout > 0 else
+                     "did not wait (timeout=0)")
+        error = PoolExhausted(
+            f"no more connections in the pool {self.name!r}: maxconn={self.maxconn:g}, "
+            f"{in_use} in use, {self._opening} opening, {queued} other request(s) waiting; "
+            f"{wait_text}. Return every connection (use `with pool.connection() as conn:` "
+            f"or putconn() in a finally block), raise maxconn, or pass timeout= to wait longer.",
+            maxconn=self.maxconn, in_use=in_use, waited=waited, timeout=timeout)
+        if self._on_timeout:
+            self._lock.release()
+            try:
+                self._emit(self._on_timeout, TimeoutEvent(self, waited, timeout, error))
+            finally:
+                self._lock.acquire()
+        return error
+
+    def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
+        with self._lock:
+            conn = self._keys.get(key)
+        if conn is not None:
+            return conn
+        conn = self.getconn(timeout=timeout)
+        with self._lock:
+            self._keys[key] = conn
+            self._records[id(conn)].key = key
+        return conn
+
+    # -- return internals --------------------------------------------------------------------
+
+    def _check_return(self, conn: Connection, key: Hashable | None) -> _Record:
+        """The slow path of putconn: keys, and every kind of misuse, with precise errors."""
+        rec = self._records.get(id(conn))
+        if rec is None or rec.ref() is not conn:
+            if not isinstance(conn, extensions.connection):
+                raise TypeError(f"putconn() takes a connection from this pool's getconn(), "
+                                f"got {type(conn).__name__}")
+            if getattr(conn, "_pool", None) is self:
+                if _forking.inherited(self, conn):
+                    raise PoolError("this connection was checked out in the parent process "
+                                    "before os.fork(); the child cannot use or return it — "
+                                    "check out a new one in the child")
+                if self._closed or conn.closed:
+                    raise PoolError("this connection was already returned to the pool "
+                                    "(or discarded by it); return each connection once")
+                raise PoolError("this connection was already returned to the pool; "
+                                "return each connection once")
+            raise PoolError("this connection does not belong to this pool (it was not "
+                            "checked out with this pool's getconn()); close it yourself or "
+                            "return it to the pool it came from")
+        if rec.since is None:
+            raise self._returned_twice_error()
+        with self._lock:
+            if key is not None and rec.key != key:
+                raise PoolError(f"this connection was not checked out under key {key!r}")
+            if rec.key is not None:
+                self._keys.pop(rec.key, None)
+                rec.key = None
+        return rec
+
+    def _returned_twice_error(self) -> PoolError:
+        return PoolError("this connection was already returned to the pool; "
+                         "return each connection once")
+
+    def _reset(self, conn: Connection, status: int) -> str | None:
+        """Roll back a connection returned inside a transaction; the discard reason if it fails."""
+        if status == _UNKNOWN:
+            return DiscardReason.CLOSED_BY_USER if conn.closed else DiscardReason.BROKEN
+        if status == _ACTIVE:
+            return DiscardReason.BROKEN  # a command is still running on it
+        try:
+            conn.rollback()
+        except Exception:  # noqa: BLE001 - a connection that cannot roll back is broken
+            return DiscardReason.BROKEN
+        self._stats["rollbacks"] += 1
+        return None if conn.get_transaction_status() == _IDLE else DiscardReason.BROKEN
+
+    def _prune_idle(self, now: float, idle_timeout: float) -> list[tuple[Connection, _Record]]:
+        """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""
+        idle = self.idle_connections
+        pruned = []
+        while idle:
+            returned = self.return_times.get(idle[0])
+            if returned is None or now - returned <= idle_timeout:
+                break
+            old = idle.popleft()
+            del self.return_times[old]
+            pruned.append((old, self._records.pop(id(old))))
+        self._size -= len(pruned)
+        return pruned
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    def _reserve_refill(self) -> int:
+        """Reserve the slots needed to get back to ``minconn`` (lock held)."""
+        missing = self.minconn - self._size
+        if missing <= 0 or self._closed:
+            return 0
+        self._size += missing
+        self._opening += missing
+        return missing
+
+    def _refill(self, count: int) -> None:
+        """Open ``count`` reserved idle connections; failures are reported, not raised."""
+        for done in range(count):
+            try:
+                self._open(idle=True)
+            except Exception:  # noqa: BLE001 - already counted and announced by _open
+                with self._lock:
+                    for _ in range(count - done - 1):
+                        self._opening -= 1
+                        self._free_slot()
+                return
+
+    def _open(self, *, idle: bool) -> Connection:
+        """Open a connection in a reserved slot; on failure give the slot back and raise."""
+        started = monotonic()
+        try:
+            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
+        except BaseException as exc:
+            duration = monotonic() - started
+            with self._lock:
+                self._opening -= 1
+                self._stats["connections_errors"] += 1
+                self._free_slot()
+            if self._on_connect:
+                self._emit(self._on_connect, ConnectEvent(self, None, duration, exc))
+            raise
+        now = monotonic()
+        conn._pool = self
+        expires = _INF if self.max_lifetime is None else (
+            now + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
+        rec = _Record(self, conn, now, expires)
+        close = False
+        with self._lock:
+            self._opening -= 1
+            self._stats["connections_num"] += 1
+            self._stats["connect_time"] += now - started
+            self._records[id(conn)] = rec
+            if self._closed and idle:
+                close = True
+                del self._records[id(conn)]
+                self._size -= 1
+            elif idle:
+                if self._waiters:
+                    waiter = self._waiters.popleft()
+                    rec.since = now
+                    waiter.conn = conn
+                    waiter.lock.release()
+                else:
+                    self.idle_connections.append(conn)
+                    self.return_times[conn] = now
+            else:
+                rec.since = now
+        if self._on_connect:
+            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
+        if close:
+            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+        return conn
+
+    def _discard(self, conn: Connection, rec: _Record, reason: str) -> None:
+        """Drop a checked-out connection that failed its checkout checks."""
+        with self._lock:
+            rec.since = None
+            self._records.pop(rec.conn_id, None)
+            self._free_slot()
+        self._close_connection(conn, rec, reason, monotonic())
+
+    def _free_slot(self) -> None:
+        """A connection left the pool: hand its slot to the first waiter, if any (lock held)."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.slot = True
+            self._opening += 1
+            waiter.lock.release()
+        else:
+            self._size -= 1
+
+    def _close_connection(self, conn: Connection, rec: _Record, reason: str, now: float) -> None:
+        """Close a connection already taken out of the books, and announce it."""
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone
+            pass
+        self._stats_discard(reason)
+        if self._on_discard:
+            self._emit(self._on_discard, DiscardEvent(self, conn, rec.conn_id, rec.backend_pid,
+                                                      reason, now - rec.created))
+
+    def _stats_discard(self, reason: str) -> None:
+        with self._lock:
+            self._discards[reason] += 1
+
+    def _connection_collected(self, rec: _Record) -> None:
+        """Weakref callback: a checked-out connection was garbage-collected (any thread).
+
+        It may run while this very thread holds the lock, so it only queues the record and
+        drains the queue if the lock is free at once.
+        """
+        self._collected.append(rec)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drain_collected()
+            finally:
+                self._lock.release()
+
+    def _drain_collected(self) -> None:
+        """Give back the slots of collected connections and announce them (lock held)."""
+        events = []
+        while self._collected:
+            rec = self._collected.popleft()
+            if self._records.get(rec.conn_id) is not rec:
+                continue
+            del self._records[rec.conn_id]
+            if rec.key is not None:
+                self._keys.pop(rec.key, None)
+            self._discards[DiscardReason.GARBAGE_COLLECTED] += 1
+            self._free_slot()
+            events.append(DiscardEvent(self, None, rec.conn_id, rec.backend_pid,
+                                       DiscardReason.GARBAGE_COLLECTED,
+                                       monotonic() - rec.created))
+        if events and self._on_discard:
+            self._lock.release()
+            try:
+                for event in events:
+                    self._emit(self._on_discard, event)
+            finally:
+                self._lock.acquire()
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
+                          f"used after close() — create a new pool")
+
+    def _is_checked_out(self, conn: Connection) -> bool:
+        rec = self._records.get(id(conn))
+        return rec is not None and rec.since is not None and rec.ref() is conn
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def _set_listeners(self, listeners: tuple[object, ...]) -> None:
+        self._listeners = listeners
+        for hook in HOOKS:
+            methods = []
+            for listener in listeners:
+                method = getattr(listener, hook, None)
+                if not callable(method):
+                    continue
+                if getattr(type(listener), hook, None) is getattr(PoolListener, hook):
+                    continue  # PoolListener's no-op: skip it, it costs a call per event
+                methods.append(method)
+            setattr(self, f"_{hook}", tuple(methods))
+
+    def _emit(self, methods: tuple[Callable[[Any], None], ...], event: object) -> None:
+        for method in methods:
+            try:
+                method(event)
+            except Exception:  # noqa: BLE001 - a listener must never break the pool
+                self._listener_failed(method)
+
+    def _listener_failed(self, method: Callable[[Any], None]) -> None:
+        self._stats["listener_errors"] += 1
+        if self._stats["listener_errors"] <= 10:
+            logger.exception("pool %r: listener %r raised; the pool carries on", self.name,
+                             method)
+
+    # -- fork --------------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Forget every inherited connection without touching the parent's sessions."""
+        self._lock = threading.Lock()
+        self._waiters = deque()
+        self._collected = deque()
+        recs = list(self._records.values())
+        conns = [c for r in recs if (c := r.ref()) is not None]
+        self.idle_connections.clear()
+        self.return_times.clear()
+        self._records.clear()
+        self._keys.clear()
+        self._size = self._opening = 0
+        self._pid = os.getpid()
+        _forking.detach(self, conns)
+        now = monotonic()
+        for conn, rec in zip(conns, recs):
+            self._close_connection(conn, rec, DiscardReason.FORK, now)
+
+
+class _ConnectionContext:
+    """The context manager of :meth:`ConnectionPool.connection`."""
+
+    __slots__ = ("pool", "timeout", "conn")
+
+    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.conn: Connection = None
+
+    def __enter__(self) -> Connection:
+        self.conn = self.pool.getconn(timeout=self.timeout)
+        return self.conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn, self.conn = self.conn, None
+        if not self.pool._is_checked_out(conn):
+            return  # returned (or closed and returned) inside the block
+        try:
+            end_transaction(conn, commit=exc_type is None)
+        finally:
+            self.pool.putconn(conn)
+
+
+_COUNTERS = ("requests", "waits", "wait_time", "timeouts", "returns", "rollbacks", "usage_time",
+             "connections_num", "connections_errors", "connect_time", "listener_errors")
+
+#: psycopg2.pool's name; the same thread-safe class.
+ThreadedConnectionPool = ConnectionPool
+#: psycopg2-pool 1.2's name; the same thread-safe class.
+ThreadSafeConnectionPool = ConnectionPool
+
+__all__ = ["ConnectionPool", "ThreadSafeConnectionPool", "ThreadedConnectionPool",
+           "check_connection"]

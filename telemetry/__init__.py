@@ -1,0 +1,1 @@
+"""OpenTelemetry metrics and spans, structlog events and leak reports for psycopg2_pool."""
