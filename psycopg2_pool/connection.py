@@ -8,7 +8,8 @@ and whose ``__enter__`` refuses a connection that was already returned.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import contextlib
+from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -51,20 +52,18 @@ def end_transaction(conn: Any, *, commit: bool) -> None:
     if commit:
         conn.commit()
         return
-    try:
+    with contextlib.suppress(Exception):  # the caller's exception matters; putconn discards
         conn.rollback()
-    except Exception:  # noqa: BLE001 - the caller's exception matters; putconn discards
-        pass
 
 
-@lru_cache(maxsize=None)
+@cache
 def pooled_class(factory: type) -> type:
     """The pooled subclass of a connection class (cached: one per class)."""
     if not (isinstance(factory, type) and issubclass(factory, extensions.connection)):
         raise TypeError("connection_factory must be a subclass of "
                         "psycopg2.extensions.connection")
     return type(f"Pooled{factory.__name__}", (factory,), {
-        "__slots__": ("_pool",),
+        "__slots__": ("_pool", "_pool_rec"),
         "__module__": __name__,
         "__enter__": _enter,
         "__exit__": _exit,

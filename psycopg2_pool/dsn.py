@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any
 
-from ._driver import extensions
+from ._driver import extensions, psycopg2
 
 #: Arguments of ``psycopg2.connect`` that are not libpq connection options.
 PYTHON_CONNECT_ARGS = frozenset({"connection_factory", "cursor_factory", "async", "async_"})
@@ -43,7 +43,7 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
                         f"got {type(dsn).__name__}")
     try:
         return dict(extensions.parse_dsn(extensions.make_dsn(dsn, **libpq_kwargs)))
-    except Exception as exc:  # psycopg2.ProgrammingError: libpq refused the options
+    except psycopg2.ProgrammingError as exc:  # libpq refused the options
         detail = redact_libpq_message(str(exc).removeprefix("invalid dsn: "))
         if detail.startswith("invalid connection option"):
             raise TypeError(

@@ -12,9 +12,10 @@ application drops without ``putconn`` is garbage-collected, closed by psycopg2, 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
-import os
 import random
 import threading
 import weakref
@@ -52,9 +53,19 @@ Connection = Any  # a psycopg2 connection opened by the pool
 
 
 class _Record:
-    """What the pool knows of one open connection."""
+    """What the pool knows of one open connection (reachable as ``conn._pool_rec``)."""
 
-    __slots__ = ("ref", "pool_ref", "conn_id", "backend_pid", "created", "expires", "since", "key")
+    __slots__ = (
+        "backend_pid",
+        "conn_id",
+        "created",
+        "expires",
+        "key",
+        "pool_ref",
+        "ref",
+        "returned_at",
+        "since",
+    )
 
     def __init__(self, pool: ConnectionPool, conn: Connection, created: float,
                  expires: float) -> None:
@@ -64,19 +75,20 @@ class _Record:
         self.backend_pid: int = conn.info.backend_pid
         self.created = created
         self.expires = expires
-        self.since: float | None = None  # checkout time; None while idle
+        self.since = 0.0  # time of the last checkout
+        self.returned_at = 0.0  # time it last became idle (slow checkout path only)
         self.key: Hashable | None = None
 
     def _collected(self, _ref: weakref.ref[Any]) -> None:
         pool = self.pool_ref()
-        if pool is not None and self.since is not None:
+        if pool is not None and pool._out.pop(self.conn_id, None) is self:
             pool._connection_collected(self)
 
 
 class _Waiter:
     """A getconn queued for a connection; ``putconn`` fills one field and releases ``lock``."""
 
-    __slots__ = ("lock", "conn", "slot", "error")
+    __slots__ = ("conn", "error", "lock", "slot")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -86,11 +98,8 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-def _seconds(name: str, value: Any, *, allow_none: bool = False, positive: bool = False,
-             allow_inf: bool = True) -> float | None:
+def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
     """Validate a duration argument: a real number of seconds, not NaN, not negative."""
-    if value is None and allow_none:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         hint = " (pass the DSN as dsn=...)" if isinstance(value, str) else ""
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}{hint}")
@@ -98,9 +107,11 @@ def _seconds(name: str, value: Any, *, allow_none: bool = False, positive: bool 
         raise ValueError(f"{name} must be a number of seconds, got NaN")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
-    if value == _INF and not allow_inf:
-        raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
+
+
+def _optional_seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
+    return None if value is None else _seconds(name, value, positive=positive)
 
 
 def check_connection(conn: Connection) -> None:
@@ -119,6 +130,11 @@ class ConnectionPool:
 
     ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
     psycopg2-pool 1.2; see docs/api.md for every argument, attribute and error.
+
+    Concurrency: the common checkout (an idle connection is there) and return (nobody is
+    waiting) touch only ``deque``/``dict`` operations that are atomic in CPython, as
+    psycopg2-pool 1.2 did; everything else (opening, discarding, waiting, closing) runs under
+    one lock that is never held across I/O.
     """
 
     def __init__(self, minconn: int = 1, maxconn: float = _INF, idle_timeout: float | None = 600,
@@ -138,7 +154,6 @@ class ConnectionPool:
             raise ValueError(f"maxconn must be >= 1, got {maxconn}")
         if minconn > maxconn:
             raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
-        idle = _seconds("idle_timeout", idle_timeout, allow_none=True)
         if check is not None and not callable(check):
             raise TypeError(f"check must be a callable taking a connection, "
                             f"got {type(check).__name__}")
@@ -152,11 +167,11 @@ class ConnectionPool:
 
         self.minconn = minconn
         self.maxconn = maxconn
-        self.idle_timeout = idle
+        self.idle_timeout = idle_timeout
         self.timeout = _seconds("timeout", timeout)
-        self.max_lifetime = _seconds("max_lifetime", max_lifetime, allow_none=True, positive=True)
-        self.check_idle_after = _seconds("check_idle_after", check_idle_after, allow_none=True)
-        if check is not None and self.check_idle_after is None:
+        self.max_lifetime = _optional_seconds("max_lifetime", max_lifetime, positive=True)
+        self.check_idle_after = check_idle_after
+        if check is not None and check_idle_after is None:
             self.check_idle_after = 0.0
         self.check = check if check is not None else check_connection
         self.connect_kwargs = connect_kwargs
@@ -172,15 +187,16 @@ class ConnectionPool:
                               if k != "connection_factory"}
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
-        self._records: dict[int, _Record] = {}
+        self._out: dict[int, _Record] = {}  # checked-out connections, by id()
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
         self._collected: deque[_Record] = deque()
         self._size = 0  # open connections + connections being opened
         self._opening = 0
         self._closed = False
-        self._pid = os.getpid()
-        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._requests = itertools.count()  # next() is atomic: no lock on the fast path
+        self._returns = itertools.count()
+        self._stats: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
         self._listeners: tuple[object, ...] = ()
         self._on_connect: tuple[Callable[[Any], None], ...] = ()
@@ -201,6 +217,34 @@ class ConnectionPool:
             self.close()
             raise
 
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds an idle connection may stay idle before it is closed (None/0: no limit)."""
+        return self._idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self._idle_timeout = _optional_seconds("idle_timeout", value)
+        self._update_limits()
+
+    @property
+    def check_idle_after(self) -> float | None:
+        """Idle seconds after which a checkout runs ``check`` first (None: never)."""
+        return self._check_idle_after
+
+    @check_idle_after.setter
+    def check_idle_after(self, value: float | None) -> None:
+        self._check_idle_after = _optional_seconds("check_idle_after", value)
+        self._update_limits()
+
+    def _update_limits(self) -> None:
+        """Precompute what the fast paths compare against, instead of testing each setting."""
+        idle = getattr(self, "_idle_timeout", None)
+        check = getattr(self, "_check_idle_after", None)
+        self._idle_limit = idle or _INF
+        self._idle_zero = idle == 0  # psycopg2-pool 1.2: close returns beyond minconn at once
+        self._recheck = min(self._idle_limit, _INF if check is None else check - 1e-9)
+
     # -- public API ------------------------------------------------------------------------
 
     def getconn(self, key: Hashable | None = None, *, timeout: float | None = None) -> Connection:
@@ -211,41 +255,28 @@ class ConnectionPool:
         when not given) for one to be returned, then raises :class:`PoolExhausted`.
         ``key`` (psycopg2.pool's) returns the connection already checked out under that key.
         """
-        if key is not None:
-            return self._getconn_keyed(key, timeout)
-        started = 0.0
-        self._stats["requests"] += 1
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error()
-                if self.idle_connections:
-                    conn = self.idle_connections.pop()
-                    returned = self.return_times.pop(conn, 0.0)
-                    rec = self._records[id(conn)]
-                    rec.since = now = monotonic()
-                elif self._size < self.maxconn:
-                    self._size += 1
-                    self._opening += 1
-                    conn = None
-                elif self._collected:
-                    self._drain_collected()
-                    continue
-                else:
-                    if not started:
-                        started = monotonic()
-                    conn = self._wait(started, self.timeout if timeout is None else timeout)
-                    if conn is not None:  # handed over by putconn: already reset and checked
-                        return self._checked_out(conn, started)
-            if conn is None:
-                return self._checked_out(self._open(idle=False), started)
-            reason = self._unusable(conn, rec, now, returned)
-            if reason is None:
+        if key is None and not self._waiters and not self._closed:
+            try:
+                conn = self.idle_connections.pop()
+            except IndexError:
+                pass
+            else:
+                now = monotonic()
+                returned = self.return_times.pop(conn, 0.0)
+                rec = conn._pool_rec
+                rec.since = now
+                self._out[rec.conn_id] = rec
+                next(self._requests)
+                if conn.get_transaction_status() or now - returned > self._recheck \
+                        or now >= rec.expires:
+                    reason = self._unusable(conn, rec, now, returned)
+                    if reason is not None:
+                        self._discard(conn, rec, reason)
+                        return self._getconn_slow(None, timeout, counted=True)
                 if self._on_checkout:
-                    self._emit(self._on_checkout, CheckoutEvent(
-                        self, conn, now - started if started else 0.0, bool(started)))
+                    self._emit(self._on_checkout, CheckoutEvent(self, conn, 0.0, False))
                 return conn
-            self._discard(conn, rec, reason)
+        return self._getconn_slow(key, timeout, counted=False)
 
     def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
         """Return a connection to the pool.
@@ -254,63 +285,31 @@ class ConnectionPool:
         one past ``max_lifetime`` or returned with ``close=True``. Connections idle past
         ``idle_timeout`` are closed, and the pool is refilled to ``minconn``.
         """
-        rec = self._records.get(id(conn))
-        if rec is None or rec.since is None or rec.key is not None or key is not None \
-                or rec.ref() is not conn:
-            rec = self._check_return(conn, key)
-        status = conn.get_transaction_status()
-        reason: str | None = None
-        if close:
-            reason = DiscardReason.CLOSED_BY_USER
-        elif status:
-            reason = self._reset(conn, status)
+        rec = self._out.pop(id(conn), None)  # atomic: of two racing returns, one wins
+        if rec is None or rec.ref() is not conn or key is not None or rec.key is not None:
+            rec = self._claim_return(conn, rec, key)
+        next(self._returns)
         now = monotonic()
-        if reason is None and now >= rec.expires:
-            reason = DiscardReason.MAX_LIFETIME
-        to_close: list[Connection] | None = None
-        refill = 0
-        with self._lock:
-            since = rec.since
-            if since is None:
-                raise self._returned_twice_error()
-            self._stats["returns"] += 1
-            self._stats["usage_time"] += now - since
-            if reason is None and self._closed:
-                reason = DiscardReason.POOL_CLOSED
-            if reason is not None:
-                rec.since = None
-                self._records.pop(rec.conn_id, None)
-                self._free_slot()
-            elif self._waiters:
-                waiter = self._waiters.popleft()
-                rec.since = now
-                waiter.conn = conn
-                waiter.lock.release()
-            else:
-                rec.since = None
-                idle = self.idle_connections
-                idle_timeout = self.idle_timeout
-                if idle_timeout == 0 and len(idle) >= self.minconn:
-                    reason = DiscardReason.IDLE_TIMEOUT
-                    self._records.pop(rec.conn_id, None)
-                    self._size -= 1
-                else:
-                    idle.append(conn)
-                    self.return_times[conn] = now
-                    if idle_timeout and now - self.return_times.get(idle[0], now) > idle_timeout:
-                        to_close = self._prune_idle(now, idle_timeout)
-            if self._size < self.minconn:
-                refill = self._reserve_refill()
-        if self._on_checkin:
-            self._emit(self._on_checkin, CheckinEvent(self, conn, now - since, reason is None,
-                                                      reason))
-        if reason is not None:
-            self._close_connection(conn, rec, reason, now)
-        if to_close:
-            for old, old_rec in to_close:
-                self._close_connection(old, old_rec, DiscardReason.IDLE_TIMEOUT, now)
-        if refill:
-            self._refill(refill)
+        if close or conn.get_transaction_status() or now >= rec.expires or self._waiters \
+                or self._closed or (self._idle_zero
+                                    and len(self.idle_connections) >= self.minconn):
+            self._putconn_slow(conn, rec, now, close)
+            return
+        if self._on_checkin:  # before anyone else can check it out: events stay in order
+            self._emit(self._on_checkin, CheckinEvent(self, conn, now - rec.since, True, None))
+        self.return_times[conn] = now
+        idle = self.idle_connections
+        idle.append(conn)
+        if self._waiters or self._closed:  # a waiter or close() came in meanwhile
+            self._hand_over_idle()
+            return
+        try:
+            oldest = idle[0]
+        except IndexError:  # emptied by a concurrent getconn
+            return
+        if now - self.return_times.get(oldest, now) > self._idle_limit \
+                or self._size < self.minconn:
+            self._maintain(now)
 
     def connection(self, timeout: float | None = None) -> _ConnectionContext:
         """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
@@ -319,14 +318,10 @@ class ConnectionPool:
     def clear(self) -> None:
         """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
         with self._lock:
-            conns = list(self.idle_connections)
-            self.idle_connections.clear()
-            self.return_times.clear()
-            recs = [self._records.pop(id(c)) for c in conns]
-            self._size -= len(conns)
+            conns = self._take_idle()
         now = monotonic()
-        for conn, rec in zip(conns, recs):
-            self._close_connection(conn, rec, DiscardReason.CLEARED, now)
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.CLEARED, now)
 
     def close(self) -> None:
         """Close the pool: idle connections now, checked-out ones when they are returned.
@@ -337,11 +332,7 @@ class ConnectionPool:
             if self._closed:
                 return
             self._closed = True
-            conns = list(self.idle_connections)
-            self.idle_connections.clear()
-            self.return_times.clear()
-            recs = [self._records.pop(id(c)) for c in conns]
-            self._size -= len(conns)
+            conns = self._take_idle()
             in_use = self._size
             while self._waiters:
                 waiter = self._waiters.popleft()
@@ -349,8 +340,8 @@ class ConnectionPool:
                 waiter.lock.release()
         _forking.untrack(self)
         now = monotonic()
-        for conn, rec in zip(conns, recs):
-            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
         if self._on_close:
             self._emit(self._on_close, CloseEvent(self, in_use))
 
@@ -364,9 +355,8 @@ class ConnectionPool:
     @property
     def connections_in_use(self) -> frozenset[Connection]:
         """The checked-out connections (a snapshot; psycopg2-pool 1.2 kept a WeakSet)."""
-        with self._lock:
-            recs = list(self._records.values())
-        return frozenset(c for r in recs if r.since is not None and (c := r.ref()) is not None)
+        recs = list(self._out.values())
+        return frozenset(c for r in recs if (c := r.ref()) is not None)
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of the pool's state and counters since it was created (docs/api.md)."""
@@ -383,11 +373,12 @@ class ConnectionPool:
                 "pool_in_use": self._size - available - self._opening,
                 "pool_opening": self._opening,
                 "requests_waiting": len(self._waiters),
+                "requests": _count(self._requests),
+                "returns": _count(self._returns),
             }
             counters = dict(self._stats)
             discards = dict(self._discards)
         counters["requests_wait_ms"] = round(counters.pop("wait_time") * 1000, 3)
-        counters["usage_ms"] = round(counters.pop("usage_time") * 1000, 3)
         counters["connections_ms"] = round(counters.pop("connect_time") * 1000, 3)
         stats.update(counters)
         stats["connections_discarded"] = sum(discards.values())
@@ -426,6 +417,50 @@ class ConnectionPool:
         return f"<{type(self).__name__} {self.name!r} {state}>"
 
     # -- checkout internals ------------------------------------------------------------------
+
+    def _getconn_slow(self, key: Hashable | None, timeout: float | None, *,
+                      counted: bool) -> Connection:
+        """Checkout when no idle connection is at hand: open, wait, or fail."""
+        if key is not None:
+            return self._getconn_keyed(key, timeout)
+        if not counted:
+            next(self._requests)
+        limit = self.timeout if timeout is None else _seconds("timeout", timeout)
+        started = 0.0
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                if self._collected:
+                    self._drain_collected()
+                if self.idle_connections and not self._waiters:
+                    conn = self._take_one_idle()
+                elif self._size < self.maxconn:
+                    self._size += 1
+                    self._opening += 1
+                    conn = None
+                else:
+                    if not started:
+                        started = monotonic()
+                    conn = self._wait(started, limit)
+                    if conn is not None:  # handed over by putconn: already reset and checked
+                        return self._checked_out(conn, started)
+            if conn is None:
+                return self._checked_out(self._open(idle=False), started)
+            rec = conn._pool_rec
+            reason = self._unusable(conn, rec, rec.since, rec.returned_at)
+            if reason is None:
+                return self._checked_out(conn, started)
+            self._discard(conn, rec, reason)
+
+    def _take_one_idle(self) -> Connection:
+        """Pop the newest idle connection and mark it checked out (lock held)."""
+        conn = self.idle_connections.pop()
+        rec = conn._pool_rec
+        rec.returned_at = self.return_times.pop(conn, 0.0)
+        rec.since = monotonic()
+        self._out[rec.conn_id] = rec
+        return conn
 
     def _checked_out(self, conn: Connection, started: float) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
@@ -482,6 +517,21 @@ class ConnectionPool:
                 if monotonic() >= deadline:
                     self._waiters.remove(waiter)
                     raise self._exhausted(started, timeout)
+        except BaseException:  # timed out, or interrupted: leave nothing behind (lock held)
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.conn is not None:  # served at the last moment: pass it on
+                conn, rec = waiter.conn, waiter.conn._pool_rec
+                if self._waiters:
+                    self._hand_over(conn, rec, monotonic())
+                else:
+                    self._out.pop(rec.conn_id, None)
+                    self.return_times[conn] = monotonic()
+                    self.idle_connections.append(conn)
+            elif waiter.slot:
+                self._opening -= 1
+                self._free_slot()
+            raise
         finally:
             self._stats["wait_time"] += monotonic() - started
         if waiter.error is not None:
@@ -518,15 +568,18 @@ class ConnectionPool:
         conn = self.getconn(timeout=timeout)
         with self._lock:
             self._keys[key] = conn
-            self._records[id(conn)].key = key
+            conn._pool_rec.key = key
         return conn
 
     # -- return internals --------------------------------------------------------------------
 
-    def _check_return(self, conn: Connection, key: Hashable | None) -> _Record:
+    def _claim_return(self, conn: Connection, rec: _Record | None,
+                      key: Hashable | None) -> _Record:
         """The slow path of putconn: keys, and every kind of misuse, with precise errors."""
-        rec = self._records.get(id(conn))
-        if rec is None or rec.ref() is not conn:
+        if rec is not None and rec.ref() is not conn:  # not ours after all: put it back
+            self._out[rec.conn_id] = rec
+            rec = None
+        if rec is None:
             if not isinstance(conn, extensions.connection):
                 raise TypeError(f"putconn() takes a connection from this pool's getconn(), "
                                 f"got {type(conn).__name__}")
@@ -535,27 +588,85 @@ class ConnectionPool:
                     raise PoolError("this connection was checked out in the parent process "
                                     "before os.fork(); the child cannot use or return it — "
                                     "check out a new one in the child")
-                if self._closed or conn.closed:
-                    raise PoolError("this connection was already returned to the pool "
-                                    "(or discarded by it); return each connection once")
                 raise PoolError("this connection was already returned to the pool; "
                                 "return each connection once")
             raise PoolError("this connection does not belong to this pool (it was not "
                             "checked out with this pool's getconn()); close it yourself or "
                             "return it to the pool it came from")
-        if rec.since is None:
-            raise self._returned_twice_error()
         with self._lock:
             if key is not None and rec.key != key:
+                self._out[rec.conn_id] = rec
                 raise PoolError(f"this connection was not checked out under key {key!r}")
             if rec.key is not None:
                 self._keys.pop(rec.key, None)
                 rec.key = None
         return rec
 
-    def _returned_twice_error(self) -> PoolError:
-        return PoolError("this connection was already returned to the pool; "
-                         "return each connection once")
+    def _putconn_slow(self, conn: Connection, rec: _Record, now: float, close: bool) -> None:
+        """Return with a reset, a discard, a waiter to serve, or the pool closed."""
+        reason: str | None = DiscardReason.CLOSED_BY_USER if close else None
+        if reason is None:
+            status = conn.get_transaction_status()
+            if status:
+                reason = self._reset(conn, status)
+        if reason is None and now >= rec.expires:
+            reason = DiscardReason.MAX_LIFETIME
+        if reason is None and self._closed:
+            reason = DiscardReason.POOL_CLOSED
+        if reason is None and self._idle_zero and len(self.idle_connections) >= self.minconn:
+            reason = DiscardReason.IDLE_TIMEOUT
+        if self._on_checkin:  # before anyone else can check it out: events stay in order
+            self._emit(self._on_checkin, CheckinEvent(self, conn, now - rec.since,
+                                                      reason is None, reason))
+        to_close: list[Connection] = []
+        with self._lock:
+            if reason is None and self._closed:  # close() ran since the check above
+                reason = DiscardReason.POOL_CLOSED
+            if reason is not None:
+                self._free_slot()
+            elif self._waiters:
+                self._hand_over(conn, rec, now)
+            else:
+                self.return_times[conn] = now
+                self.idle_connections.append(conn)
+                to_close = self._prune_idle(now)
+            refill = self._reserve_refill()
+        if reason is not None:
+            self._close_connection(conn, rec, reason, now)
+        self._finish(now, to_close, refill)
+
+    def _hand_over(self, conn: Connection, rec: _Record, now: float) -> None:
+        """Give a checked-in (or new) connection to the first waiter (lock held)."""
+        waiter = self._waiters.popleft()
+        rec.since = now
+        self._out[rec.conn_id] = rec
+        waiter.conn = conn
+        waiter.lock.release()
+
+    def _hand_over_idle(self) -> None:
+        """Serve waiters from the idle connections, or close them if the pool closed."""
+        with self._lock:
+            conns = self._take_idle() if self._closed else []
+            while self._waiters and self.idle_connections:
+                conn = self.idle_connections.pop()
+                self.return_times.pop(conn, None)
+                self._hand_over(conn, conn._pool_rec, monotonic())
+        now = monotonic()
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
+
+    def _maintain(self, now: float) -> None:
+        """Close connections idle past ``idle_timeout``, then refill to ``minconn``."""
+        with self._lock:
+            to_close = self._prune_idle(now)
+            refill = self._reserve_refill()
+        self._finish(now, to_close, refill)
+
+    def _finish(self, now: float, to_close: list[Connection], refill: int) -> None:
+        for old in to_close:
+            self._close_connection(old, old._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
+        if refill:
+            self._refill(refill)
 
     def _reset(self, conn: Connection, status: int) -> str | None:
         """Roll back a connection returned inside a transaction; the discard reason if it fails."""
@@ -567,22 +678,44 @@ class ConnectionPool:
             conn.rollback()
         except Exception:  # noqa: BLE001 - a connection that cannot roll back is broken
             return DiscardReason.BROKEN
-        self._stats["rollbacks"] += 1
+        with self._lock:
+            self._stats["rollbacks"] += 1
         return None if conn.get_transaction_status() == _IDLE else DiscardReason.BROKEN
 
-    def _prune_idle(self, now: float, idle_timeout: float) -> list[tuple[Connection, _Record]]:
+    def _prune_idle(self, now: float) -> list[Connection]:
         """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""
         idle = self.idle_connections
+        limit = self._idle_limit
         pruned = []
         while idle:
-            returned = self.return_times.get(idle[0])
-            if returned is None or now - returned <= idle_timeout:
+            oldest = idle[0]
+            returned = self.return_times.get(oldest)
+            if returned is None or now - returned <= limit:
                 break
-            old = idle.popleft()
-            del self.return_times[old]
-            pruned.append((old, self._records.pop(id(old))))
+            try:
+                popped = idle.popleft()
+            except IndexError:  # a lock-free getconn emptied it meanwhile
+                break
+            if popped is not oldest:  # a lock-free getconn took the oldest meanwhile
+                idle.appendleft(popped)
+                continue
+            self.return_times.pop(oldest, None)
+            pruned.append(oldest)
         self._size -= len(pruned)
         return pruned
+
+    def _take_idle(self) -> list[Connection]:
+        """Take every idle connection out of the pool (lock held)."""
+        conns = []
+        while True:
+            try:
+                conns.append(self.idle_connections.popleft())
+            except IndexError:
+                break
+        for conn in conns:
+            self.return_times.pop(conn, None)
+        self._size -= len(conns)
+        return conns
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -622,31 +755,27 @@ class ConnectionPool:
                 self._emit(self._on_connect, ConnectEvent(self, None, duration, exc))
             raise
         now = monotonic()
-        conn._pool = self
         expires = _INF if self.max_lifetime is None else (
             now + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
         rec = _Record(self, conn, now, expires)
+        conn._pool = self
+        conn._pool_rec = rec
         close = False
         with self._lock:
             self._opening -= 1
             self._stats["connections_num"] += 1
             self._stats["connect_time"] += now - started
-            self._records[id(conn)] = rec
+            rec.since = now
             if self._closed and idle:
                 close = True
-                del self._records[id(conn)]
                 self._size -= 1
-            elif idle:
-                if self._waiters:
-                    waiter = self._waiters.popleft()
-                    rec.since = now
-                    waiter.conn = conn
-                    waiter.lock.release()
-                else:
-                    self.idle_connections.append(conn)
-                    self.return_times[conn] = now
+            elif idle and not self._waiters:
+                self.idle_connections.append(conn)
+                self.return_times[conn] = now
+            elif idle:  # opened for the pool, but somebody is waiting: serve them
+                self._hand_over(conn, rec, now)
             else:
-                rec.since = now
+                self._out[rec.conn_id] = rec
         if self._on_connect:
             self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
         if close:
@@ -656,8 +785,7 @@ class ConnectionPool:
     def _discard(self, conn: Connection, rec: _Record, reason: str) -> None:
         """Drop a checked-out connection that failed its checkout checks."""
         with self._lock:
-            rec.since = None
-            self._records.pop(rec.conn_id, None)
+            self._out.pop(rec.conn_id, None)
             self._free_slot()
         self._close_connection(conn, rec, reason, monotonic())
 
@@ -673,18 +801,13 @@ class ConnectionPool:
 
     def _close_connection(self, conn: Connection, rec: _Record, reason: str, now: float) -> None:
         """Close a connection already taken out of the books, and announce it."""
-        try:
+        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone
             conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone
-            pass
-        self._stats_discard(reason)
+        with self._lock:
+            self._discards[reason] += 1
         if self._on_discard:
             self._emit(self._on_discard, DiscardEvent(self, conn, rec.conn_id, rec.backend_pid,
                                                       reason, now - rec.created))
-
-    def _stats_discard(self, reason: str) -> None:
-        with self._lock:
-            self._discards[reason] += 1
 
     def _connection_collected(self, rec: _Record) -> None:
         """Weakref callback: a checked-out connection was garbage-collected (any thread).
@@ -704,9 +827,6 @@ class ConnectionPool:
         events = []
         while self._collected:
             rec = self._collected.popleft()
-            if self._records.get(rec.conn_id) is not rec:
-                continue
-            del self._records[rec.conn_id]
             if rec.key is not None:
                 self._keys.pop(rec.key, None)
             self._discards[DiscardReason.GARBAGE_COLLECTED] += 1
@@ -727,8 +847,8 @@ class ConnectionPool:
                           f"used after close() — create a new pool")
 
     def _is_checked_out(self, conn: Connection) -> bool:
-        rec = self._records.get(id(conn))
-        return rec is not None and rec.since is not None and rec.ref() is conn
+        rec = self._out.get(id(conn))
+        return rec is not None and rec.ref() is conn
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -753,8 +873,10 @@ class ConnectionPool:
                 self._listener_failed(method)
 
     def _listener_failed(self, method: Callable[[Any], None]) -> None:
-        self._stats["listener_errors"] += 1
-        if self._stats["listener_errors"] <= 10:
+        with self._lock:
+            self._stats["listener_errors"] += 1
+            count = self._stats["listener_errors"]
+        if count <= 10:
             logger.exception("pool %r: listener %r raised; the pool carries on", self.name,
                              method)
 
@@ -765,24 +887,28 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._waiters = deque()
         self._collected = deque()
-        recs = list(self._records.values())
-        conns = [c for r in recs if (c := r.ref()) is not None]
+        conns = list(self.idle_connections)
+        conns += [c for r in list(self._out.values()) if (c := r.ref()) is not None]
         self.idle_connections.clear()
         self.return_times.clear()
-        self._records.clear()
+        self._out.clear()
         self._keys.clear()
         self._size = self._opening = 0
-        self._pid = os.getpid()
         _forking.detach(self, conns)
         now = monotonic()
-        for conn, rec in zip(conns, recs):
-            self._close_connection(conn, rec, DiscardReason.FORK, now)
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.FORK, now)
+
+
+def _count(counter: itertools.count[int]) -> int:
+    """The next value an ``itertools.count`` would give, i.e. how many were taken."""
+    return int(repr(counter)[6:-1])
 
 
 class _ConnectionContext:
     """The context manager of :meth:`ConnectionPool.connection`."""
 
-    __slots__ = ("pool", "timeout", "conn")
+    __slots__ = ("conn", "pool", "timeout")
 
     def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
         self.pool = pool
@@ -804,8 +930,8 @@ class _ConnectionContext:
             self.pool.putconn(conn)
 
 
-_COUNTERS = ("requests", "waits", "wait_time", "timeouts", "returns", "rollbacks", "usage_time",
-             "connections_num", "connections_errors", "connect_time", "listener_errors")
+_COUNTERS = ("waits", "wait_time", "timeouts", "rollbacks", "connections_num",
+             "connections_errors", "connect_time", "listener_errors")
 
 #: psycopg2.pool's name; the same thread-safe class.
 ThreadedConnectionPool = ConnectionPool
