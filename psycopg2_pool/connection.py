@@ -27,13 +27,14 @@ def _enter(self: Any) -> Any:
             "this connection was already returned to the pool: using it in a with block "
             "would share it with whoever checks it out next; take a new one with "
             "`with pool.getconn() as conn:` or `with pool.connection() as conn:`")
+    self._pool_with = self._pool_rec.since  # this checkout, not a later one by someone else
     return self
 
 
 def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | None,
           tb: TracebackType | None) -> None:
     pool: ConnectionPool = self._pool
-    if not pool._is_checked_out(self):
+    if not pool._is_checked_out(self) or self._pool_rec.since != self._pool_with:
         if exc_type is None:
             raise PoolError(
                 "the connection was returned to the pool inside its with block, so its "
@@ -63,7 +64,7 @@ def pooled_class(factory: type) -> type:
         raise TypeError("connection_factory must be a subclass of "
                         "psycopg2.extensions.connection")
     return type(f"Pooled{factory.__name__}", (factory,), {
-        "__slots__": ("_pool", "_pool_rec"),
+        "__slots__": ("_pool", "_pool_rec", "_pool_with"),
         "__module__": __name__,
         "__enter__": _enter,
         "__exit__": _exit,

@@ -60,3 +60,19 @@ def backend_count(admin: Any, application_name: str) -> int:
 def app_name() -> str:
     """A unique application_name, to count a test's own server-side connections."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+REQUIRE_BINARIES_ENV = "PSYCOPG2_POOL_REQUIRE_BINARIES"
+
+
+def require_binary(name: str) -> str:
+    """The path of a system binary a test needs; skip (or fail, under .ci/run) when absent."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+    if path:
+        return path
+    message = (f"`{name}` is not installed (Debian package `{name}`; "
+               f"`apt-get install -y {name}`, as .ci/run does)")
+    if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
+    pytest.skip(message)
