@@ -442,6 +442,7 @@ class ConnectionPool:
                 else:
                     if not started:
                         started = monotonic()
+                        self._stats["exhausted"] += 1
                     conn = self._wait(started, limit)
                     if conn is not None:  # handed over by putconn: already reset and checked
                         return self._checked_out(conn, started)
@@ -930,7 +931,7 @@ class _ConnectionContext:
             self.pool.putconn(conn)
 
 
-_COUNTERS = ("waits", "wait_time", "timeouts", "rollbacks", "connections_num",
+_COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "rollbacks", "connections_num",
              "connections_errors", "connect_time", "listener_errors")
 
 #: psycopg2.pool's name; the same thread-safe class.

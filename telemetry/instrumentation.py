@@ -1,0 +1,150 @@
+"""``instrument(pool)`` / ``uninstrument(pool)``: attach metrics, spans, logs and leak detection.
+
+The telemetry sees the pool only through its public listener interface
+(:mod:`psycopg2_pool.events`). Instrumenting a pool twice returns the existing handle, so
+nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+
+from psycopg2_pool import ConnectionPool
+
+from . import names
+from .leaks import Leak, LeakDetector
+from .logs import PoolLogs
+from .metrics import PoolMetrics
+from .spans import PoolSpans
+from .worker import WORKER
+
+#: Default leak threshold in seconds: long enough for a slow report query, short enough to
+#: be seen during development. ``leak_threshold=None`` turns the detector off.
+DEFAULT_LEAK_THRESHOLD = 30.0
+
+_UNSET: Any = object()
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    _VERSION = _dist_version("psycopg2-pool")
+except Exception:  # noqa: BLE001 - running from a source tree
+    _VERSION = "0"
+
+
+class PoolInstrumentation:
+    """The handle ``instrument()`` returns: what was attached, and how to take it off."""
+
+    def __init__(self, pool: ConnectionPool, *, name: str | None, meter_provider: Any,
+                 tracer_provider: Any, logger: Any, leak_threshold: float | None) -> None:
+        if leak_threshold is not None and (isinstance(leak_threshold, bool) or not isinstance(
+                leak_threshold, (int, float)) or not leak_threshold > 0):
+            raise ValueError(f"leak_threshold must be a number of seconds > 0, or None to turn "
+                             f"the leak detector off; got {leak_threshold!r}")
+        self.pool = pool
+        self.name = name or pool.name
+        meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter(
+            names.SCOPE, _VERSION)
+        tracer = (tracer_provider or otel_trace.get_tracer_provider()).get_tracer(
+            names.SCOPE, _VERSION)
+        self.logs = PoolLogs(self.name, logger)
+        self.leak_detector = LeakDetector(pool, leak_threshold, self.logs.log)
+        self.logs.holders = self.leak_detector.holders
+        self.metrics = PoolMetrics(pool, self.name, meter, self.leak_detector.count)
+        self.spans = PoolSpans(self.name, tracer)
+        self._listeners = (self.leak_detector, self.metrics, self.spans, self.logs)
+        for listener in self._listeners:
+            pool.add_listener(listener)
+        self._task = WORKER.add(self._background)
+        self._active = True
+
+    @property
+    def active(self) -> bool:
+        """False once :meth:`uninstrument` was called."""
+        return self._active
+
+    def uninstrument(self) -> None:
+        """Detach every listener, flush the metrics, stop background work. Idempotent."""
+        with _registry_lock:
+            if not self._active:
+                return
+            self._active = False
+            if _registry.get(self.pool) is self:
+                del _registry[self.pool]
+        for listener in self._listeners:
+            self.pool.remove_listener(listener)
+        WORKER.remove(self._task)
+        self.metrics.close()
+
+    def leaks(self, *, all_checkouts: bool = False) -> list[Leak]:
+        """Connections held past the leak threshold (``all_checkouts``: every checked-out one)."""
+        return self.leak_detector.leaks(all_checkouts=all_checkouts)
+
+    def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
+        """Declare that this checkout of ``conn`` is meant to be long: never report it."""
+        self.leak_detector.expect_long_hold(conn, reason)
+
+    def flush(self) -> None:
+        """Record buffered latencies into the SDK now (exporters also trigger it)."""
+        self.metrics.flush()
+
+    def _background(self) -> None:
+        self.metrics.flush()
+        self.leak_detector.scan()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "uninstrumented"
+        return f"<PoolInstrumentation {self.name!r} {state}>"
+
+
+_registry: weakref.WeakKeyDictionary[ConnectionPool, PoolInstrumentation] = (
+    weakref.WeakKeyDictionary())
+_registry_lock = threading.Lock()
+
+
+def instrument(pool: ConnectionPool, *, name: str | None = None, meter_provider: Any = None,
+               tracer_provider: Any = None, logger: Any = None,
+               leak_threshold: float | None = DEFAULT_LEAK_THRESHOLD) -> PoolInstrumentation:
+    """Attach OpenTelemetry metrics and spans, structlog events and the leak detector.
+
+    ``meter_provider``/``tracer_provider`` default to the global ones (with only
+    opentelemetry-api installed they are no-ops and cost next to nothing); ``logger`` defaults
+    to ``structlog.get_logger("psycopg2_pool")``; ``name`` to the pool's name. Instrumenting an
+    instrumented pool returns its existing handle.
+    """
+    if not isinstance(pool, ConnectionPool):
+        raise TypeError(f"instrument() takes a psycopg2_pool.ConnectionPool, "
+                        f"got {type(pool).__name__}")
+    with _registry_lock:
+        existing = _registry.get(pool)
+        if existing is not None:
+            return existing
+        handle = PoolInstrumentation(pool, name=name, meter_provider=meter_provider,
+                                     tracer_provider=tracer_provider, logger=logger,
+                                     leak_threshold=leak_threshold)
+        _registry[pool] = handle
+        return handle
+
+
+def uninstrument(pool: ConnectionPool) -> None:
+    """Undo :func:`instrument` for ``pool`` (nothing happens if it is not instrumented)."""
+    with _registry_lock:
+        handle = _registry.get(pool)
+    if handle is not None:
+        handle.uninstrument()
+
+
+def instrumentation(pool: ConnectionPool) -> PoolInstrumentation | None:
+    """The active handle of an instrumented pool, or None."""
+    return _registry.get(pool)
+
+
+def instrumented_pools() -> list[PoolInstrumentation]:
+    """Every active handle (the pytest plugin looks at them)."""
+    with _registry_lock:
+        return list(_registry.values())

@@ -1,0 +1,207 @@
+"""The leak detector: name the line that took a connection and never gave it back.
+
+Modelled on HikariCP's ``leakDetectionThreshold``, with what its users keep asking for:
+
+- the checkout stack costs about a microsecond (code/line pairs, formatted only for a report);
+- a connection held past the threshold is reported once (``connection_leak_suspected``), and
+  again when it comes back (``connection_leak_returned``), so long-but-legitimate holds are
+  visible as such;
+- a connection garbage-collected while checked out is a definite leak
+  (``connection_leaked``); the pool gives its slot back;
+- one checkout can be declared an expected long hold (:meth:`LeakDetector.expect_long_hold`);
+- a leak counter (the ``psycopg2_pool.connection.leaks`` metric) and a snapshot API
+  (:meth:`LeakDetector.leaks`);
+- on exhaustion, "who took them all": the top checkout sites, with counts and ages.
+
+Scans run on the shared background worker, never under the pool's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, NamedTuple
+
+from opentelemetry import trace
+
+from psycopg2_pool import ConnectionPool, DiscardReason
+from psycopg2_pool.events import (
+    CheckinEvent,
+    CheckoutEvent,
+    CloseEvent,
+    DiscardEvent,
+    PoolListener,
+    TimeoutEvent,
+)
+
+from . import stacks
+
+_get_current_span = trace.get_current_span
+_current_thread = threading.current_thread
+
+
+class _Checkout:
+    """One live checkout, as cheap to make as it can be."""
+
+    __slots__ = ("backend_pid", "conn_ref", "expected", "frames", "reported", "since",
+                 "thread", "trace_id")
+
+    def __init__(self, conn: Any, frames: stacks.Frames, since: float, trace_id: int) -> None:
+        self.conn_ref = weakref.ref(conn)
+        self.frames = frames
+        self.since = since
+        self.thread = _current_thread()  # its name is read when a report is made
+        self.trace_id = trace_id
+        self.reported = False
+        self.expected: str | None = None
+        self.backend_pid = 0
+
+
+class Leak(NamedTuple):
+    """A snapshot of one checked-out connection, for programs and tests."""
+
+    connection_id: int
+    backend_pid: int
+    thread: str
+    held_s: float
+    site: str  #: the checkout line, ``file:line in function``
+    stack: list[str]  #: the checkout stack, innermost first, library frames trimmed
+    trace_id: str | None
+    reported: bool  #: held past the threshold and reported
+    expected: str | None  #: the reason given to ``expect_long_hold``, if any
+
+
+class LeakDetector(PoolListener):
+    """Tracks checkouts of one pool and reports leaks through ``log``."""
+
+    def __init__(self, pool: ConnectionPool, threshold: float | None,
+                 log: Callable[..., None]) -> None:
+        self.pool = pool
+        self.threshold = threshold
+        self._log = log
+        self._out: dict[int, _Checkout] = {}
+        self._lock = threading.Lock()
+        self.leak_count = 0
+
+    def count(self) -> int:
+        """Leaks found so far: held past the threshold, or collected while checked out."""
+        return self.leak_count
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def on_checkout(self, event: CheckoutEvent) -> None:
+        context = _get_current_span().get_span_context()
+        conn = event.connection
+        # skip=2: this method and the pool's _emit; the pool's own frames are trimmed later.
+        self._out[id(conn)] = _Checkout(conn, stacks.capture(2), monotonic(),
+                                        context.trace_id if context.is_valid else 0)
+
+    def on_checkin(self, event: CheckinEvent) -> None:
+        checkout = self._out.pop(id(event.connection), None)
+        if checkout is not None and checkout.reported:
+            self._report("info", "connection_leak_returned", checkout, event.connection,
+                         held_s=round(event.use_time, 3))
+
+    def on_discard(self, event: DiscardEvent) -> None:
+        checkout = self._out.pop(event.connection_id, None)
+        if checkout is None or event.reason != DiscardReason.GARBAGE_COLLECTED:
+            return
+        if not checkout.reported:  # counted once, whether reported first or only now
+            with self._lock:
+                self.leak_count += 1
+        checkout.backend_pid = event.backend_pid
+        self._report("error", "connection_leaked", checkout, None,
+                     held_s=round(monotonic() - checkout.since, 3),
+                     hint="checked out, then dropped without putconn(): the garbage collector "
+                          "closed it; return it with putconn() or `with pool.connection()`")
+
+    def on_timeout(self, event: TimeoutEvent) -> None:
+        holders = self.holders()
+        if holders and hasattr(event.error, "add_note"):
+            text = "; ".join(f"{h['count']} held by {h['site']} (oldest {h['oldest_s']} s)"
+                             for h in holders)
+            event.error.add_note(f"connections checked out by: {text}")
+
+    def on_close(self, event: CloseEvent) -> None:
+        for checkout in list(self._out.values()):
+            self._report("warning", "connection_leak_suspected", checkout,
+                         checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
+                         when="pool_closed")
+
+    # -- off the hot path --------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Report connections held past the threshold (background worker)."""
+        threshold = self.threshold
+        if threshold is None:
+            return
+        now = monotonic()
+        for checkout in list(self._out.values()):
+            if checkout.reported or checkout.expected is not None \
+                    or now - checkout.since < threshold:
+                continue
+            checkout.reported = True
+            with self._lock:
+                self.leak_count += 1
+            self._report("warning", "connection_leak_suspected", checkout, checkout.conn_ref(),
+                         held_s=round(now - checkout.since, 3), threshold_s=threshold)
+
+    def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
+        """Do not report this checkout of ``conn`` as a leak, however long it is held."""
+        checkout = self._out.get(id(conn))
+        if checkout is None or checkout.conn_ref() is not conn:
+            raise ValueError("this connection is not checked out from the instrumented pool")
+        checkout.expected = reason
+
+    def leaks(self, *, all_checkouts: bool = False) -> list[Leak]:
+        """Connections held past the threshold (or every checked-out one), oldest first."""
+        now = monotonic()
+        threshold = self.threshold if self.threshold is not None else float("inf")
+        out = []
+        for conn_id, checkout in list(self._out.items()):
+            held = now - checkout.since
+            if not all_checkouts and held < threshold:
+                continue
+            conn = checkout.conn_ref()
+            out.append(Leak(conn_id, _backend_pid(checkout, conn), _thread_name(checkout),
+                            round(held, 3), stacks.site(checkout.frames),
+                            stacks.format_stack(checkout.frames),
+                            format(checkout.trace_id, "032x") if checkout.trace_id else None,
+                            checkout.reported, checkout.expected))
+        return sorted(out, key=lambda leak: -leak.held_s)
+
+    def holders(self) -> list[dict[str, object]]:
+        """The top checkout sites holding connections: ``site``, ``count``, ``oldest_s``."""
+        now = monotonic()
+        return stacks.sites_summary([(stacks.site(c.frames), now - c.since)
+                                     for c in list(self._out.values())])
+
+    def checkouts_since(self, started: float) -> list[Leak]:
+        """Connections checked out at or after ``started`` and still out (pytest plugin)."""
+        return [leak for leak in self.leaks(all_checkouts=True)
+                if self._out.get(leak.connection_id) is not None
+                and self._out[leak.connection_id].since >= started]
+
+    def _report(self, level: str, event: str, checkout: _Checkout, conn: Any,
+                **fields: Any) -> None:
+        self._log(level, event, thread=_thread_name(checkout),
+                  backend_pid=_backend_pid(checkout, conn),
+                  site=stacks.site(checkout.frames), stack=stacks.format_stack(checkout.frames),
+                  checkout_trace_id=(format(checkout.trace_id, "032x")
+                                     if checkout.trace_id else None),
+                  **fields)
+
+
+def _thread_name(checkout: _Checkout) -> str:
+    thread = checkout.thread
+    return thread.name if thread.is_alive() else f"{thread.name} (ended)"
+
+
+def _backend_pid(checkout: _Checkout, conn: Any) -> int:
+    if not checkout.backend_pid and conn is not None:
+        with contextlib.suppress(Exception):  # a closed connection has no backend any more
+            checkout.backend_pid = conn.info.backend_pid
+    return checkout.backend_pid

@@ -1,0 +1,187 @@
+"""OpenTelemetry metrics for connection pools (semantic conventions, db client connections).
+
+Two rules keep ``getconn``/``putconn`` cheap:
+
+- Gauges and counters are observable instruments: their callbacks read ``pool.get_stats()``
+  when a reader collects, so the hot path updates nothing for them.
+- Latencies (wait, use, create time) are appended to a deque on the hot path (~50 ns) and
+  recorded into the SDK histograms off it (one SDK record costs ~5 µs): at each collection
+  (the observable callbacks run before the SDK reads its histograms) and every half second
+  by the background worker, which bounds the memory the buffers take.
+
+Instruments are made once per meter and shared by every pool instrumented with that meter:
+the SDK keeps only the first callback of an observable instrument created twice by name.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from psycopg2_pool import ConnectionPool, DiscardReason
+from psycopg2_pool.events import CheckinEvent, CheckoutEvent, ConnectEvent, PoolListener
+
+from . import names
+from .names import METRIC_BY_NAME
+
+
+class PoolMetrics(PoolListener):
+    """One pool's metrics: buffers latencies, answers the observable callbacks."""
+
+    def __init__(self, pool: ConnectionPool, pool_name: str, meter: Meter,
+                 leak_count: Callable[[], int] | None = None) -> None:
+        self.pool = pool
+        self.attributes = {names.POOL_NAME: pool_name}
+        self.leak_count = leak_count
+        self.wait_times: deque[float] = deque()
+        self.use_times: deque[float] = deque()
+        self.create_times: deque[float] = deque()
+        self.instruments = _instruments(meter)
+        self.instruments.add(self)
+
+    # -- hooks (hot path: an append each) ----------------------------------------------------
+
+    def on_checkout(self, event: CheckoutEvent) -> None:
+        self.wait_times.append(event.wait_time)
+
+    def on_checkin(self, event: CheckinEvent) -> None:
+        self.use_times.append(event.use_time)
+
+    def on_connect(self, event: ConnectEvent) -> None:
+        if event.error is None:
+            self.create_times.append(event.duration)
+
+    # -- off the hot path --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Record the buffered latencies into the SDK histograms."""
+        shared = self.instruments
+        attributes = self.attributes
+        for buffer, histogram in ((self.wait_times, shared.wait_time),
+                                  (self.use_times, shared.use_time),
+                                  (self.create_times, shared.create_time)):
+            record = histogram.record
+            popleft = buffer.popleft
+            while buffer:
+                try:
+                    record(popleft(), attributes)
+                except IndexError:  # drained by a concurrent flush
+                    break
+
+    def close(self) -> None:
+        """Flush, then stop reporting (uninstrument)."""
+        self.flush()
+        self.instruments.remove(self)
+
+    def observe(self) -> dict[str, Any]:
+        """The pool's stats, read once per collection."""
+        stats = self.pool.get_stats()
+        if self.leak_count is not None:
+            stats["leaks"] = self.leak_count()
+        return stats
+
+
+class _SharedInstruments:
+    """The instruments of one meter, and the pools that report through them."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.pools: list[PoolMetrics] = []
+        self._lock = threading.Lock()
+        self._snapshot: dict[int, dict[str, Any]] = {}
+
+        def histogram(name: str) -> Any:
+            spec = METRIC_BY_NAME[name]
+            return meter.create_histogram(
+                name, unit=spec.unit, description=spec.description,
+                explicit_bucket_boundaries_advisory=list(names.LATENCY_BUCKETS))
+
+        self.wait_time = histogram(names.WAIT_TIME)
+        self.use_time = histogram(names.USE_TIME)
+        self.create_time = histogram(names.CREATE_TIME)
+
+        def observable(name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
+                       ) -> None:
+            spec = METRIC_BY_NAME[name]
+            create = (meter.create_observable_counter if spec.instrument == "ObservableCounter"
+                      else meter.create_observable_up_down_counter)
+            create(name, callbacks=[callback], unit=spec.unit, description=spec.description)
+
+        # The first callback the SDK runs in a collection flushes the histograms and takes one
+        # stats snapshot per pool; the others read that snapshot.
+        observable(names.COUNT, self._observe_count)
+        observable(names.IDLE_MAX, self._gauge("pool_max"))
+        observable(names.IDLE_MIN, self._gauge("pool_min"))
+        observable(names.MAX, self._gauge("pool_max"))
+        observable(names.PENDING_REQUESTS, self._gauge("requests_waiting"))
+        observable(names.TIMEOUTS, self._gauge("timeouts"))
+        observable(names.EXHAUSTIONS, self._gauge("exhausted"))
+        observable(names.ERRORS, self._gauge("connections_errors"))
+        observable(names.LEAKS, self._gauge("leaks"))
+        observable(names.DISCARDS, self._observe_discards)
+
+    def add(self, metrics: PoolMetrics) -> None:
+        with self._lock:
+            self.pools = [*self.pools, metrics]
+
+    def remove(self, metrics: PoolMetrics) -> None:
+        with self._lock:
+            self.pools = [m for m in self.pools if m is not metrics]
+            self._snapshot.pop(id(metrics), None)
+
+    def _observe_count(self, options: CallbackOptions) -> Iterable[Observation]:
+        snapshot = {}
+        observations = []
+        for metrics in self.pools:
+            metrics.flush()
+            stats = metrics.observe()
+            snapshot[id(metrics)] = stats
+            attributes = metrics.attributes
+            observations.append(Observation(stats["pool_available"],
+                                            {**attributes, names.STATE: "idle"}))
+            observations.append(Observation(stats["pool_in_use"],
+                                            {**attributes, names.STATE: "used"}))
+        self._snapshot = snapshot
+        return observations
+
+    def _stats(self, metrics: PoolMetrics) -> dict[str, Any]:
+        stats = self._snapshot.get(id(metrics))
+        return stats if stats is not None else metrics.observe()
+
+    def _gauge(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            out = []
+            for metrics in self.pools:
+                value = self._stats(metrics).get(key)
+                if value is None:
+                    continue
+                if value == float("inf"):  # maxconn unbounded: no meaningful maximum
+                    continue
+                out.append(Observation(value, metrics.attributes))
+            return out
+        return callback
+
+    def _observe_discards(self, options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for metrics in self.pools:
+            stats = self._stats(metrics)
+            for reason in DiscardReason.ALL:
+                out.append(Observation(stats[f"discarded_{reason}"],
+                                       {**metrics.attributes, names.REASON: reason}))
+        return out
+
+
+_by_meter: weakref.WeakKeyDictionary[Meter, _SharedInstruments] = weakref.WeakKeyDictionary()
+_by_meter_lock = threading.Lock()
+
+
+def _instruments(meter: Meter) -> _SharedInstruments:
+    with _by_meter_lock:
+        shared = _by_meter.get(meter)
+        if shared is None:
+            shared = _by_meter[meter] = _SharedInstruments(meter)
+        return shared

@@ -1,0 +1,129 @@
+"""Every name the telemetry emits, in one place: metrics, attributes, spans, log events.
+
+Metric and attribute names of the database client connection pool come from
+``opentelemetry-semantic-conventions``; the project's own metrics live outside the reserved
+``db.*`` namespace, under ``psycopg2_pool.*``. docs/metrics.md is checked against this module
+by a test, and the dashboards are generated from it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from opentelemetry.semconv._incubating.attributes.db_attributes import (
+    DB_CLIENT_CONNECTION_POOL_NAME,
+    DB_CLIENT_CONNECTION_STATE,
+)
+from opentelemetry.semconv._incubating.metrics.db_metrics import (
+    DB_CLIENT_CONNECTION_COUNT,
+    DB_CLIENT_CONNECTION_CREATE_TIME,
+    DB_CLIENT_CONNECTION_IDLE_MAX,
+    DB_CLIENT_CONNECTION_IDLE_MIN,
+    DB_CLIENT_CONNECTION_MAX,
+    DB_CLIENT_CONNECTION_PENDING_REQUESTS,
+    DB_CLIENT_CONNECTION_TIMEOUTS,
+    DB_CLIENT_CONNECTION_USE_TIME,
+    DB_CLIENT_CONNECTION_WAIT_TIME,
+)
+
+COUNT = DB_CLIENT_CONNECTION_COUNT
+IDLE_MAX = DB_CLIENT_CONNECTION_IDLE_MAX
+IDLE_MIN = DB_CLIENT_CONNECTION_IDLE_MIN
+MAX = DB_CLIENT_CONNECTION_MAX
+PENDING_REQUESTS = DB_CLIENT_CONNECTION_PENDING_REQUESTS
+TIMEOUTS = DB_CLIENT_CONNECTION_TIMEOUTS
+CREATE_TIME = DB_CLIENT_CONNECTION_CREATE_TIME
+WAIT_TIME = DB_CLIENT_CONNECTION_WAIT_TIME
+USE_TIME = DB_CLIENT_CONNECTION_USE_TIME
+LEAKS = "psycopg2_pool.connection.leaks"
+EXHAUSTIONS = "psycopg2_pool.exhaustions"
+DISCARDS = "psycopg2_pool.connection.discards"
+ERRORS = "psycopg2_pool.connection.errors"
+
+#: The instrumentation scope (meter and tracer name).
+SCOPE = "psycopg2_pool"
+
+POOL_NAME = DB_CLIENT_CONNECTION_POOL_NAME  # "db.client.connection.pool.name"
+STATE = DB_CLIENT_CONNECTION_STATE  # "db.client.connection.state": "idle" | "used"
+REASON = "psycopg2_pool.discard.reason"  # why a connection was discarded
+ERROR_TYPE = "error.type"  # semantic conventions: the exception's class name
+
+#: Bucket boundaries (seconds) for pool latencies: 100 µs to 10 s. The SDK's defaults suit
+#: milliseconds (0, 5, 10, ... 10000) and would put every checkout in the first bucket.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metric(NamedTuple):
+    """One metric: its name, OpenTelemetry instrument kind, unit, attributes, description."""
+
+    name: str
+    instrument: str
+    unit: str
+    attributes: tuple[str, ...]
+    description: str
+
+
+METRICS = (
+    Metric(COUNT, "ObservableUpDownCounter", "{connection}",
+           (POOL_NAME, STATE), "Connections currently open, by state (idle or used)."),
+    Metric(IDLE_MAX, "ObservableUpDownCounter", "{connection}",
+           (POOL_NAME,), "Most idle connections allowed (maxconn: the pool keeps what it has)."),
+    Metric(IDLE_MIN, "ObservableUpDownCounter", "{connection}",
+           (POOL_NAME,), "Fewest connections kept open (minconn)."),
+    Metric(MAX, "ObservableUpDownCounter", "{connection}",
+           (POOL_NAME,), "Most open connections allowed (maxconn)."),
+    Metric(PENDING_REQUESTS, "ObservableUpDownCounter", "{request}",
+           (POOL_NAME,), "getconn calls waiting for a connection."),
+    Metric(TIMEOUTS, "ObservableCounter", "{timeout}",
+           (POOL_NAME,), "getconn calls that gave up (exhausted at once, or timed out)."),
+    Metric(CREATE_TIME, "Histogram", "s",
+           (POOL_NAME,), "Time to open a connection."),
+    Metric(WAIT_TIME, "Histogram", "s",
+           (POOL_NAME,), "Time getconn took to obtain a connection (0 when one was idle)."),
+    Metric(USE_TIME, "Histogram", "s",
+           (POOL_NAME,), "Time a connection was checked out, from getconn to putconn."),
+    Metric(LEAKS, "ObservableCounter", "{connection}",
+           (POOL_NAME,), "Connections held past the leak threshold, or collected unreturned."),
+    Metric(EXHAUSTIONS, "ObservableCounter", "{event}",
+           (POOL_NAME,), "Times getconn found every connection in use and had to wait or fail."),
+    Metric(DISCARDS, "ObservableCounter", "{connection}",
+           (POOL_NAME, REASON), "Connections closed by the pool (or collected), by reason."),
+    Metric(ERRORS, "ObservableCounter", "{error}",
+           (POOL_NAME,), "Failed attempts to open a connection."),
+)
+
+METRIC_BY_NAME = {m.name: m for m in METRICS}
+
+#: The span made for a getconn inside a recording trace (semantic conventions style:
+#: "<operation> <target>"; the pool name goes in an attribute).
+SPAN_GETCONN = "getconn"
+SPAN_ATTRIBUTES = (POOL_NAME, "psycopg2_pool.wait_time", "psycopg2_pool.waited",
+                   "psycopg2_pool.outcome", ERROR_TYPE)
+
+
+class LogEvent(NamedTuple):
+    """One structlog event: its name, level and what it is about."""
+
+    name: str
+    level: str
+    description: str
+
+
+LOG_EVENTS = (
+    LogEvent("pool_exhausted", "warning",
+             "getconn gave up: every connection in use. Counts, wait, and who holds them."),
+    LogEvent("connection_failed", "error", "Opening a connection failed."),
+    LogEvent("connection_discarded", "debug", "The pool closed a connection, and why."),
+    LogEvent("pool_closed", "info", "The pool was closed with every connection returned."),
+    LogEvent("pool_closed_with_connections_out", "warning",
+             "The pool was closed while connections were still checked out."),
+    LogEvent("connection_leak_suspected", "warning",
+             "A connection was held past the leak threshold: where it was taken."),
+    LogEvent("connection_leak_returned", "info",
+             "A connection reported as leaked came back: total time held."),
+    LogEvent("connection_leaked", "error",
+             "A checked-out connection was garbage-collected without being returned."),
+)
+
+LOG_EVENT_NAMES = tuple(e.name for e in LOG_EVENTS)

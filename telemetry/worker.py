@@ -1,0 +1,95 @@
+"""One background thread per process for the telemetry's periodic work.
+
+Flushing buffered latencies into the OpenTelemetry SDK (~5 µs a value) and scanning for
+leaks must stay off ``getconn``/``putconn``. Rather than a thread per pool or a timer per
+checkout, every instrumented pool registers its tasks here; the thread starts with the first
+task, stops when the last is removed, and is recreated in a forked child on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from time import monotonic
+
+logger = logging.getLogger("telemetry")
+
+Task = Callable[[], object]
+
+
+class Worker:
+    """Runs each registered task every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._tasks: dict[int, Task] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, task: Task) -> int:
+        """Register a task; returns a handle for :meth:`remove`."""
+        with self._lock:
+            self._reset_after_fork()
+            self._next_id += 1
+            self._tasks[self._next_id] = task
+            if self._thread is None or not self._thread.is_alive():
+                self._wake.clear()
+                self._thread = threading.Thread(target=self._run, name="psycopg2_pool-telemetry",
+                                                daemon=True)
+                self._thread.start()
+            return self._next_id
+
+    def remove(self, handle: int) -> None:
+        """Unregister a task; the thread stops when none is left (not waited for)."""
+        with self._lock:
+            self._tasks.pop(handle, None)
+            if not self._tasks:
+                self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread is alive (for tests)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for a stopping thread to end (for tests and clean shutdowns)."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _reset_after_fork(self) -> None:
+        if self._pid != os.getpid():  # threads do not survive fork: start afresh
+            self._pid = os.getpid()
+            self._thread = None
+            self._wake = threading.Event()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while True:
+            started = monotonic()
+            with self._lock:
+                tasks = list(self._tasks.values())
+                if not tasks:
+                    self._thread = None
+                    return
+            for task in tasks:
+                try:
+                    task()
+                except Exception:
+                    logger.exception("telemetry background task %r failed", task)
+            if wake.wait(max(0.0, self.interval - (monotonic() - started))):
+                with self._lock:
+                    if not self._tasks:
+                        self._thread = None
+                        return
+                    wake.clear()
+
+
+#: The process-wide worker.
+WORKER = Worker()
