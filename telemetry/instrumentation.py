@@ -15,6 +15,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 
 from psycopg2_pool import ConnectionPool
+from psycopg2_pool.events import CloseEvent
 
 from . import names
 from .leaks import Leak, LeakDetector
@@ -46,22 +47,47 @@ class PoolInstrumentation:
                 leak_threshold, (int, float)) or not leak_threshold > 0):
             raise ValueError(f"leak_threshold must be a number of seconds > 0, or None to turn "
                              f"the leak detector off; got {leak_threshold!r}")
-        self.pool = pool
+        self._pool = weakref.ref(pool)  # the registry must not keep the pool alive
         self.name = name or pool.name
         meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter(
             names.SCOPE, _VERSION)
         tracer = (tracer_provider or otel_trace.get_tracer_provider()).get_tracer(
             names.SCOPE, _VERSION)
         self.logs = PoolLogs(self.name, logger)
-        self.leak_detector = LeakDetector(pool, leak_threshold, self.logs.log)
-        self.logs.holders = self.leak_detector.holders
-        self.metrics = PoolMetrics(pool, self.name, meter, self.leak_detector.count)
+        # Off (None): not attached at all, so checkouts pay nothing for it.
+        self.leak_detector = (LeakDetector(leak_threshold, self.logs.log)
+                              if leak_threshold is not None else None)
+        self.metrics = PoolMetrics(pool, self.name, meter, self._leak_count)
         self.spans = PoolSpans(self.name, tracer)
-        self._listeners = (self.leak_detector, self.metrics, self.spans, self.logs)
+        listeners: list[object] = [self.metrics, self.spans, self.logs]
+        if self.leak_detector is not None:
+            self.logs.holders = self.leak_detector.holders
+            listeners.insert(0, self.leak_detector)
+        listeners.append(self)  # on_close: stop the background work with the pool
+        self._listeners = tuple(listeners)
         for listener in self._listeners:
             pool.add_listener(listener)
-        self._task = WORKER.add(self._background)
+        self._task: int | None = WORKER.add(self._background)
         self._active = True
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The instrumented pool (None once it was garbage-collected)."""
+        return self._pool()
+
+    def on_close(self, event: CloseEvent) -> None:
+        """The pool closed: final flush, no more background work nor observations.
+
+        The listeners stay, so connections returned later are still logged (a leak that
+        comes back, for instance) until :meth:`uninstrument`.
+        """
+        self._stop()
+
+    def _stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            WORKER.remove(task)
+            self.metrics.close()
 
     @property
     def active(self) -> bool:
@@ -74,20 +100,31 @@ class PoolInstrumentation:
             if not self._active:
                 return
             self._active = False
-            if _registry.get(self.pool) is self:
-                del _registry[self.pool]
-        for listener in self._listeners:
-            self.pool.remove_listener(listener)
-        WORKER.remove(self._task)
-        self.metrics.close()
+            pool = self._pool()
+            if pool is not None and _registry.get(pool) is self:
+                del _registry[pool]
+        pool = self._pool()
+        if pool is not None:
+            for listener in self._listeners:
+                pool.remove_listener(listener)
+        self._stop()
 
     def leaks(self, *, all_checkouts: bool = False) -> list[Leak]:
-        """Connections held past the leak threshold (``all_checkouts``: every checked-out one)."""
+        """Connections held past the leak threshold (``all_checkouts``: every checked-out one).
+
+        Empty when the leak detector is off (``leak_threshold=None``).
+        """
+        if self.leak_detector is None:
+            return []
         return self.leak_detector.leaks(all_checkouts=all_checkouts)
 
     def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
         """Declare that this checkout of ``conn`` is meant to be long: never report it."""
-        self.leak_detector.expect_long_hold(conn, reason)
+        if self.leak_detector is not None:
+            self.leak_detector.expect_long_hold(conn, reason)
+
+    def _leak_count(self) -> int:
+        return self.leak_detector.count() if self.leak_detector is not None else 0
 
     def flush(self) -> None:
         """Record buffered latencies into the SDK now (exporters also trigger it)."""
@@ -95,7 +132,8 @@ class PoolInstrumentation:
 
     def _background(self) -> None:
         self.metrics.flush()
-        self.leak_detector.scan()
+        if self.leak_detector is not None:
+            self.leak_detector.scan()
 
     def __repr__(self) -> str:
         state = "active" if self._active else "uninstrumented"

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
-from psycopg2_pool import ConnectionPool, DiscardReason
+from psycopg2_pool import DiscardReason
 from psycopg2_pool.events import (
     CheckinEvent,
     CheckoutEvent,
@@ -77,9 +77,7 @@ class Leak(NamedTuple):
 class LeakDetector(PoolListener):
     """Tracks checkouts of one pool and reports leaks through ``log``."""
 
-    def __init__(self, pool: ConnectionPool, threshold: float | None,
-                 log: Callable[..., None]) -> None:
-        self.pool = pool
+    def __init__(self, threshold: float | None, log: Callable[..., None]) -> None:
         self.threshold = threshold
         self._log = log
         self._out: dict[int, _Checkout] = {}
@@ -189,7 +187,8 @@ class LeakDetector(PoolListener):
                 **fields: Any) -> None:
         self._log(level, event, thread=_thread_name(checkout),
                   backend_pid=_backend_pid(checkout, conn),
-                  site=stacks.site(checkout.frames), stack=stacks.format_stack(checkout.frames),
+                  site=stacks.site(checkout.frames),
+                  checkout_stack=stacks.format_stack(checkout.frames),
                   checkout_trace_id=(format(checkout.trace_id, "032x")
                                      if checkout.trace_id else None),
                   **fields)

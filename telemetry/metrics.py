@@ -29,13 +29,18 @@ from psycopg2_pool.events import CheckinEvent, CheckoutEvent, ConnectEvent, Pool
 from . import names
 from .names import METRIC_BY_NAME
 
+#: Buffered values per histogram before the hot path records them itself: the background
+#: flush normally keeps far below it; past it, callers pay the SDK's price (backpressure)
+#: instead of the buffer growing without bound.
+BACKLOG = 20_000
+
 
 class PoolMetrics(PoolListener):
     """One pool's metrics: buffers latencies, answers the observable callbacks."""
 
     def __init__(self, pool: ConnectionPool, pool_name: str, meter: Meter,
                  leak_count: Callable[[], int] | None = None) -> None:
-        self.pool = pool
+        self._pool = weakref.ref(pool)  # the telemetry never keeps a pool alive
         self.attributes = {names.POOL_NAME: pool_name}
         self.leak_count = leak_count
         self.wait_times: deque[float] = deque()
@@ -47,10 +52,16 @@ class PoolMetrics(PoolListener):
     # -- hooks (hot path: an append each) ----------------------------------------------------
 
     def on_checkout(self, event: CheckoutEvent) -> None:
-        self.wait_times.append(event.wait_time)
+        buffer = self.wait_times
+        buffer.append(event.wait_time)
+        if len(buffer) > BACKLOG:
+            self._drain(buffer, self.instruments.wait_time)
 
     def on_checkin(self, event: CheckinEvent) -> None:
-        self.use_times.append(event.use_time)
+        buffer = self.use_times
+        buffer.append(event.use_time)
+        if len(buffer) > BACKLOG:
+            self._drain(buffer, self.instruments.use_time)
 
     def on_connect(self, event: ConnectEvent) -> None:
         if event.error is None:
@@ -61,17 +72,20 @@ class PoolMetrics(PoolListener):
     def flush(self) -> None:
         """Record the buffered latencies into the SDK histograms."""
         shared = self.instruments
+        self._drain(self.wait_times, shared.wait_time)
+        self._drain(self.use_times, shared.use_time)
+        self._drain(self.create_times, shared.create_time)
+
+    def _drain(self, buffer: deque[float], histogram: Any) -> None:
+        """Record what ``buffer`` holds now (not what arrives meanwhile: no chasing)."""
+        record = histogram.record
+        popleft = buffer.popleft
         attributes = self.attributes
-        for buffer, histogram in ((self.wait_times, shared.wait_time),
-                                  (self.use_times, shared.use_time),
-                                  (self.create_times, shared.create_time)):
-            record = histogram.record
-            popleft = buffer.popleft
-            while buffer:
-                try:
-                    record(popleft(), attributes)
-                except IndexError:  # drained by a concurrent flush
-                    break
+        for _ in range(len(buffer)):
+            try:
+                record(popleft(), attributes)
+            except IndexError:  # drained by a concurrent flush
+                break
 
     def close(self) -> None:
         """Flush, then stop reporting (uninstrument)."""
@@ -79,8 +93,11 @@ class PoolMetrics(PoolListener):
         self.instruments.remove(self)
 
     def observe(self) -> dict[str, Any]:
-        """The pool's stats, read once per collection."""
-        stats = self.pool.get_stats()
+        """The pool's stats, read once per collection (empty once the pool is gone)."""
+        pool = self._pool()
+        if pool is None:
+            return {}
+        stats = pool.get_stats()
         if self.leak_count is not None:
             stats["leaks"] = self.leak_count()
         return stats
@@ -140,6 +157,8 @@ class _SharedInstruments:
             metrics.flush()
             stats = metrics.observe()
             snapshot[id(metrics)] = stats
+            if not stats:
+                continue
             attributes = metrics.attributes
             observations.append(Observation(stats["pool_available"],
                                             {**attributes, names.STATE: "idle"}))
@@ -169,7 +188,7 @@ class _SharedInstruments:
         out = []
         for metrics in self.pools:
             stats = self._stats(metrics)
-            for reason in DiscardReason.ALL:
+            for reason in DiscardReason.ALL if stats else ():
                 out.append(Observation(stats[f"discarded_{reason}"],
                                        {**metrics.attributes, names.REASON: reason}))
         return out

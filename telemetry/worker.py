@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from time import monotonic
 
@@ -24,7 +25,7 @@ class Worker:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._tasks: dict[int, Task] = {}
+        self._tasks: dict[int, weakref.WeakMethod[Task]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -32,11 +33,15 @@ class Worker:
         self._pid = os.getpid()
 
     def add(self, task: Task) -> int:
-        """Register a task; returns a handle for :meth:`remove`."""
+        """Register a task (a bound method: held weakly); returns a handle for :meth:`remove`.
+
+        A task whose object is garbage-collected is dropped, so an instrumented pool that is
+        never closed nor uninstrumented does not keep the thread running forever.
+        """
         with self._lock:
             self._reset_after_fork()
             self._next_id += 1
-            self._tasks[self._next_id] = task
+            self._tasks[self._next_id] = weakref.WeakMethod(task)  # type: ignore[arg-type]
             if self._thread is None or not self._thread.is_alive():
                 self._wake.clear()
                 self._thread = threading.Thread(target=self._run, name="psycopg2_pool-telemetry",
@@ -74,7 +79,13 @@ class Worker:
         while True:
             started = monotonic()
             with self._lock:
-                tasks = list(self._tasks.values())
+                tasks = []
+                for handle, ref in list(self._tasks.items()):
+                    task = ref()
+                    if task is None:
+                        del self._tasks[handle]
+                    else:
+                        tasks.append(task)
                 if not tasks:
                     self._thread = None
                     return
