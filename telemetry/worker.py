@@ -41,7 +41,7 @@ class Worker:
         with self._lock:
             self._reset_after_fork()
             self._next_id += 1
-            self._tasks[self._next_id] = weakref.WeakMethod(task)  # type: ignore[arg-type]
+            self._tasks[self._next_id] = weakref.WeakMethod(task)
             if self._thread is None or not self._thread.is_alive():
                 self._wake.clear()
                 self._thread = threading.Thread(target=self._run, name="psycopg2_pool-telemetry",
