@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import Any, NamedTuple
@@ -83,6 +84,8 @@ class LeakDetector(PoolListener):
         self._out: dict[int, _Checkout] = {}
         self._lock = threading.Lock()
         self.leak_count = 0
+        #: The latest connections collected while checked out: (when, snapshot).
+        self.collected: deque[tuple[float, Leak]] = deque(maxlen=100)
 
     def count(self) -> int:
         """Leaks found so far: held past the threshold, or collected while checked out."""
@@ -111,6 +114,7 @@ class LeakDetector(PoolListener):
             with self._lock:
                 self.leak_count += 1
         checkout.backend_pid = event.backend_pid
+        self.collected.append((monotonic(), self._snapshot(event.connection_id, checkout, None)))
         self._report("error", "connection_leaked", checkout, None,
                      held_s=round(monotonic() - checkout.since, 3),
                      hint="checked out, then dropped without putconn(): the garbage collector "
@@ -160,16 +164,18 @@ class LeakDetector(PoolListener):
         threshold = self.threshold if self.threshold is not None else float("inf")
         out = []
         for conn_id, checkout in list(self._out.items()):
-            held = now - checkout.since
-            if not all_checkouts and held < threshold:
-                continue
-            conn = checkout.conn_ref()
-            out.append(Leak(conn_id, _backend_pid(checkout, conn), _thread_name(checkout),
-                            round(held, 3), stacks.site(checkout.frames),
-                            stacks.format_stack(checkout.frames),
-                            format(checkout.trace_id, "032x") if checkout.trace_id else None,
-                            checkout.reported, checkout.expected))
+            if all_checkouts or now - checkout.since >= threshold:
+                out.append(self._snapshot(conn_id, checkout, checkout.conn_ref(), now))
         return sorted(out, key=lambda leak: -leak.held_s)
+
+    def _snapshot(self, conn_id: int, checkout: _Checkout, conn: Any,
+                  now: float | None = None) -> Leak:
+        held = (monotonic() if now is None else now) - checkout.since
+        return Leak(conn_id, _backend_pid(checkout, conn), _thread_name(checkout),
+                    round(held, 3), stacks.site(checkout.frames),
+                    stacks.format_stack(checkout.frames),
+                    format(checkout.trace_id, "032x") if checkout.trace_id else None,
+                    checkout.reported, checkout.expected)
 
     def holders(self) -> list[dict[str, object]]:
         """The top checkout sites holding connections: ``site``, ``count``, ``oldest_s``."""
@@ -179,9 +185,15 @@ class LeakDetector(PoolListener):
 
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""
-        return [leak for leak in self.leaks(all_checkouts=True)
-                if self._out.get(leak.connection_id) is not None
-                and self._out[leak.connection_id].since >= started]
+        now = monotonic()
+        return [self._snapshot(conn_id, checkout, checkout.conn_ref(), now)
+                for conn_id, checkout in list(self._out.items())
+                if checkout.since >= started and checkout.expected is None]
+
+    def collected_since(self, started: float) -> list[Leak]:
+        """Connections checked out and garbage-collected unreturned since ``started``."""
+        return [leak for when, leak in list(self.collected)
+                if when >= started and when - leak.held_s >= started - 1e-6]
 
     def _report(self, level: str, event: str, checkout: _Checkout, conn: Any,
                 **fields: Any) -> None:

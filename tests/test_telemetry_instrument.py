@@ -43,7 +43,7 @@ def test_uninstrument_removes_everything(pool: ConnectionPool, otel: Otel) -> No
     assert pool.listeners == ()
     assert instrumentation(pool) is None
     WORKER.join()
-    assert not WORKER.running
+    assert not WORKER.running, [h for h in __import__("telemetry").instrumented_pools()]
     before = point(otel.metrics()[names.USE_TIME]).count if names.USE_TIME in otel.metrics() \
         else 0
     with capture_logs() as logs, otel.tracer.start_as_current_span("request"):
