@@ -131,7 +131,7 @@ class PoolInstrumentation:
         self.metrics.flush()
 
     def _background(self) -> None:
-        self.metrics.flush()
+        self.metrics.flush(background=True)
         if self.leak_detector is not None:
             self.leak_detector.scan()
 

@@ -16,6 +16,7 @@ the SDK keeps only the first callback of an observable instrument created twice 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -33,6 +34,7 @@ from .names import METRIC_BY_NAME
 #: flush normally keeps far below it; past it, callers pay the SDK's price (backpressure)
 #: instead of the buffer growing without bound.
 BACKLOG = 20_000
+_CHUNK = 64  # background flushes yield the GIL every this many records (~0.3 ms)
 
 
 class PoolMetrics(PoolListener):
@@ -69,23 +71,30 @@ class PoolMetrics(PoolListener):
 
     # -- off the hot path --------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Record the buffered latencies into the SDK histograms."""
-        shared = self.instruments
-        self._drain(self.wait_times, shared.wait_time)
-        self._drain(self.use_times, shared.use_time)
-        self._drain(self.create_times, shared.create_time)
+    def flush(self, *, background: bool = False) -> None:
+        """Record the buffered latencies into the SDK histograms.
 
-    def _drain(self, buffer: deque[float], histogram: Any) -> None:
+        ``background``: give the GIL up between chunks, so that threads waiting for it (a
+        query that just got its answer) are not held up behind a long flush.
+        """
+        shared = self.instruments
+        chunk = _CHUNK if background else 0
+        self._drain(self.wait_times, shared.wait_time, chunk)
+        self._drain(self.use_times, shared.use_time, chunk)
+        self._drain(self.create_times, shared.create_time, chunk)
+
+    def _drain(self, buffer: deque[float], histogram: Any, chunk: int = 0) -> None:
         """Record what ``buffer`` holds now (not what arrives meanwhile: no chasing)."""
         record = histogram.record
         popleft = buffer.popleft
         attributes = self.attributes
-        for _ in range(len(buffer)):
+        for done in range(len(buffer)):
             try:
                 record(popleft(), attributes)
             except IndexError:  # drained by a concurrent flush
                 break
+            if chunk and done % chunk == chunk - 1:
+                time.sleep(0)  # releases the GIL
 
     def close(self) -> None:
         """Flush, then stop reporting (uninstrument)."""
