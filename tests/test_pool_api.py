@@ -111,9 +111,9 @@ def test_with_on_a_returned_connection_is_refused(dsn: str) -> None:
         pass
     other = pool.getconn()  # the same connection, now someone else's
     assert other is conn
-    with pytest.raises(PoolError, match="returned to the pool inside its with block"):
-        with pool.getconn() as mine:
-            pool.putconn(mine)  # returned inside the block: not committed, said so
+    with pytest.raises(PoolError, match="returned to the pool inside its with block"), \
+            pool.getconn() as mine:
+        pool.putconn(mine)  # returned inside the block: not committed, said so
     pool.putconn(other)
     pool.close()
 

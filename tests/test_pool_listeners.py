@@ -64,7 +64,7 @@ def test_events_of_a_known_sequence(dsn: str) -> None:
     kinds = [type(e).__name__ for e in rec.events]
     assert kinds == ["ConnectEvent", "CheckoutEvent", "TimeoutEvent", "CheckinEvent",
                      "CheckoutEvent", "CheckinEvent", "DiscardEvent", "CloseEvent"]
-    connect, out1, timeout, in1, out2, in2, discard, close = rec.events
+    connect, out1, timeout, in1, _, in2, discard, close = rec.events
     assert connect.connection is conn and connect.error is None and connect.duration > 0
     assert out1.connection is conn and out1.wait_time == 0.0 and out1.waited is False
     assert timeout.error is raised.value and timeout.timeout == 0.1
