@@ -206,7 +206,7 @@ def main() -> None:
     lines = [
         f"# Pool cycle benchmark ({time.strftime('%Y-%m-%d')})", "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, psycopg2 {psycopg2.__version__.split()[0]}, "
+        f"{platform.python_version()}, psycopg2 {getattr(psycopg2, '__version__', '?').split()[0]}, "
         f"psycopg_pool {psycopg_pool.__version__}. Medians of {args.rounds} interleaved "
         f"rounds ({args.rounds * 4} shorter ones for SELECT 1); ratio = median / "
         f"psycopg2.pool's median (lower is faster).", "",

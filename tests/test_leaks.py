@@ -320,3 +320,18 @@ def test_nothing_is_retained_per_returned_connection(pool: ConnectionPool,
     for _ in range(1000):
         pool.putconn(pool.getconn())
     assert handle.leak_detector._out == {}  # type: ignore[union-attr]
+
+
+def test_background_work_stops_when_the_pool_closes(dsn: str) -> None:
+    from telemetry import instrumented_pools
+    from telemetry.worker import WORKER
+
+    for other in instrumented_pools():  # earlier tests' pools are closed or uninstrumented
+        assert other.pool is None or other.pool.closed or not other.active
+    pool = ConnectionPool(0, 1, dsn=dsn)
+    handle = instrument(pool, leak_threshold=0.05)
+    assert WORKER.running
+    pool.close()
+    WORKER.join()
+    assert not WORKER.running
+    handle.uninstrument()
