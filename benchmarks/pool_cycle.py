@@ -203,10 +203,12 @@ def main() -> None:
     import psycopg2
     import psycopg_pool
 
+    psycopg2_version = getattr(psycopg2, "__version__", "?").split()[0]
+
     lines = [
         f"# Pool cycle benchmark ({time.strftime('%Y-%m-%d')})", "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, psycopg2 {getattr(psycopg2, '__version__', '?').split()[0]}, "
+        f"{platform.python_version()}, psycopg2 {psycopg2_version}, "
         f"psycopg_pool {psycopg_pool.__version__}. Medians of {args.rounds} interleaved "
         f"rounds ({args.rounds * 4} shorter ones for SELECT 1); ratio = median / "
         f"psycopg2.pool's median (lower is faster).", "",
