@@ -44,6 +44,9 @@ from .events import (
 
 logger = logging.getLogger("psycopg2_pool")
 
+#: Builds an event (a NamedTuple) without the Python-level ``__new__`` NamedTuple adds.
+_new_event = tuple.__new__
+
 _IDLE = extensions.TRANSACTION_STATUS_IDLE
 _ACTIVE = extensions.TRANSACTION_STATUS_ACTIVE
 _UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
@@ -273,8 +276,14 @@ class ConnectionPool:
                     if reason is not None:
                         self._discard(conn, rec, reason)
                         return self._getconn_slow(None, timeout, counted=True)
-                if self._on_checkout:
-                    self._emit(self._on_checkout, CheckoutEvent(self, conn, 0.0, False))
+                listeners = self._on_checkout
+                if listeners:  # inlined _emit: this is the path every checkout takes
+                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False))
+                    for method in listeners:
+                        try:
+                            method(event)
+                        except Exception:  # noqa: BLE001 - a listener must never break the pool
+                            self._listener_failed(method)
                 return conn
         return self._getconn_slow(key, timeout, counted=False)
 
@@ -295,8 +304,14 @@ class ConnectionPool:
                                     and len(self.idle_connections) >= self.minconn):
             self._putconn_slow(conn, rec, now, close)
             return
-        if self._on_checkin:  # before anyone else can check it out: events stay in order
-            self._emit(self._on_checkin, CheckinEvent(self, conn, now - rec.since, True, None))
+        listeners = self._on_checkin
+        if listeners:  # before anyone else can check it out, so that events stay in order
+            event = _new_event(CheckinEvent, (self, conn, now - rec.since, True, None))
+            for method in listeners:
+                try:
+                    method(event)
+                except Exception:  # noqa: BLE001 - a listener must never break the pool
+                    self._listener_failed(method)
         self.return_times[conn] = now
         idle = self.idle_connections
         idle.append(conn)

@@ -18,7 +18,6 @@ Scans run on the shared background worker, never under the pool's lock.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections import deque
@@ -42,23 +41,20 @@ from . import stacks
 
 _get_current_span = trace.get_current_span
 _current_thread = threading.current_thread
+_capture = stacks.capture
 
 
-class _Checkout:
-    """One live checkout, as cheap to make as it can be."""
+class _Checkout(NamedTuple):
+    """One live checkout: a tuple, the cheapest record to make on the hot path."""
 
-    __slots__ = ("backend_pid", "conn_ref", "expected", "frames", "reported", "since",
-                 "thread", "trace_id")
+    conn_ref: weakref.ref[Any]
+    frames: stacks.Frames
+    since: float
+    thread: threading.Thread  # its name is read when a report is made
+    span: Any  # the span current at checkout (its trace id is read when a report is made)
 
-    def __init__(self, conn: Any, frames: stacks.Frames, since: float, trace_id: int) -> None:
-        self.conn_ref = weakref.ref(conn)
-        self.frames = frames
-        self.since = since
-        self.thread = _current_thread()  # its name is read when a report is made
-        self.trace_id = trace_id
-        self.reported = False
-        self.expected: str | None = None
-        self.backend_pid = 0
+
+_new_checkout = tuple.__new__
 
 
 class Leak(NamedTuple):
@@ -81,7 +77,9 @@ class LeakDetector(PoolListener):
     def __init__(self, threshold: float | None, log: Callable[..., None]) -> None:
         self.threshold = threshold
         self._log = log
-        self._out: dict[int, _Checkout] = {}
+        self._out: dict[int, _Checkout] = {}  # by id(connection)
+        self._reported: set[int] = set()  # checkouts reported past the threshold
+        self._expected: dict[int, str] = {}  # checkouts declared long: the reason
         self._lock = threading.Lock()
         self.leak_count = 0
         #: The latest connections collected while checked out: (when, snapshot).
@@ -91,32 +89,41 @@ class LeakDetector(PoolListener):
         """Leaks found so far: held past the threshold, or collected while checked out."""
         return self.leak_count
 
-    # -- hooks -------------------------------------------------------------------------------
+    # -- hooks (hot path: a tuple and a frame walk at checkout, a dict pop at checkin) -------
 
     def on_checkout(self, event: CheckoutEvent) -> None:
-        context = _get_current_span().get_span_context()
         conn = event.connection
-        # skip=2: this method and the pool's _emit; the pool's own frames are trimmed later.
-        self._out[id(conn)] = _Checkout(conn, stacks.capture(2), monotonic(),
-                                        context.trace_id if context.is_valid else 0)
+        # skip=1: this method; the pool's own frames are trimmed when a report is made.
+        self._out[id(conn)] = _new_checkout(_Checkout, (
+            weakref.ref(conn), _capture(1), monotonic(), _current_thread(),
+            _get_current_span()))
 
     def on_checkin(self, event: CheckinEvent) -> None:
-        checkout = self._out.pop(id(event.connection), None)
-        if checkout is not None and checkout.reported:
-            self._report("info", "connection_leak_returned", checkout, event.connection,
-                         held_s=round(event.use_time, 3))
+        conn_id = id(event.connection)
+        checkout = self._out.pop(conn_id, None)
+        if self._expected:
+            self._expected.pop(conn_id, None)
+        if self._reported and conn_id in self._reported:
+            self._reported.discard(conn_id)
+            if checkout is not None:
+                self._report("info", "connection_leak_returned", conn_id, checkout,
+                             event.connection, held_s=round(event.use_time, 3))
 
     def on_discard(self, event: DiscardEvent) -> None:
-        checkout = self._out.pop(event.connection_id, None)
+        conn_id = event.connection_id
+        checkout = self._out.pop(conn_id, None)
+        self._expected.pop(conn_id, None)
+        reported = conn_id in self._reported
+        self._reported.discard(conn_id)
         if checkout is None or event.reason != DiscardReason.GARBAGE_COLLECTED:
             return
-        if not checkout.reported:  # counted once, whether reported first or only now
+        if not reported:  # counted once, whether reported first or only now
             with self._lock:
                 self.leak_count += 1
-        checkout.backend_pid = event.backend_pid
-        self.collected.append((monotonic(), self._snapshot(event.connection_id, checkout, None)))
-        self._report("error", "connection_leaked", checkout, None,
-                     held_s=round(monotonic() - checkout.since, 3),
+        leak = self._snapshot(conn_id, checkout, None, backend_pid=event.backend_pid)
+        self.collected.append((monotonic(), leak))
+        self._report("error", "connection_leaked", conn_id, checkout, None,
+                     backend_pid=event.backend_pid, held_s=leak.held_s,
                      hint="checked out, then dropped without putconn(): the garbage collector "
                           "closed it; return it with putconn() or `with pool.connection()`")
 
@@ -128,8 +135,8 @@ class LeakDetector(PoolListener):
             event.error.add_note(f"connections checked out by: {text}")
 
     def on_close(self, event: CloseEvent) -> None:
-        for checkout in list(self._out.values()):
-            self._report("warning", "connection_leak_suspected", checkout,
+        for conn_id, checkout in list(self._out.items()):
+            self._report("warning", "connection_leak_suspected", conn_id, checkout,
                          checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
                          when="pool_closed")
 
@@ -141,41 +148,32 @@ class LeakDetector(PoolListener):
         if threshold is None:
             return
         now = monotonic()
-        for checkout in list(self._out.values()):
-            if checkout.reported or checkout.expected is not None \
-                    or now - checkout.since < threshold:
+        for conn_id, checkout in list(self._out.items()):
+            if now - checkout.since < threshold or conn_id in self._reported \
+                    or conn_id in self._expected:
                 continue
-            checkout.reported = True
+            self._reported.add(conn_id)
             with self._lock:
                 self.leak_count += 1
-            self._report("warning", "connection_leak_suspected", checkout, checkout.conn_ref(),
-                         held_s=round(now - checkout.since, 3), threshold_s=threshold)
+            self._report("warning", "connection_leak_suspected", conn_id, checkout,
+                         checkout.conn_ref(), held_s=round(now - checkout.since, 3),
+                         threshold_s=threshold)
 
     def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
         """Do not report this checkout of ``conn`` as a leak, however long it is held."""
         checkout = self._out.get(id(conn))
         if checkout is None or checkout.conn_ref() is not conn:
             raise ValueError("this connection is not checked out from the instrumented pool")
-        checkout.expected = reason
+        self._expected[id(conn)] = reason
 
     def leaks(self, *, all_checkouts: bool = False) -> list[Leak]:
         """Connections held past the threshold (or every checked-out one), oldest first."""
         now = monotonic()
         threshold = self.threshold if self.threshold is not None else float("inf")
-        out = []
-        for conn_id, checkout in list(self._out.items()):
-            if all_checkouts or now - checkout.since >= threshold:
-                out.append(self._snapshot(conn_id, checkout, checkout.conn_ref(), now))
+        out = [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
+               for conn_id, checkout in list(self._out.items())
+               if all_checkouts or now - checkout.since >= threshold]
         return sorted(out, key=lambda leak: -leak.held_s)
-
-    def _snapshot(self, conn_id: int, checkout: _Checkout, conn: Any,
-                  now: float | None = None) -> Leak:
-        held = (monotonic() if now is None else now) - checkout.since
-        return Leak(conn_id, _backend_pid(checkout, conn), _thread_name(checkout),
-                    round(held, 3), stacks.site(checkout.frames),
-                    stacks.format_stack(checkout.frames),
-                    format(checkout.trace_id, "032x") if checkout.trace_id else None,
-                    checkout.reported, checkout.expected)
 
     def holders(self) -> list[dict[str, object]]:
         """The top checkout sites holding connections: ``site``, ``count``, ``oldest_s``."""
@@ -186,24 +184,30 @@ class LeakDetector(PoolListener):
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""
         now = monotonic()
-        return [self._snapshot(conn_id, checkout, checkout.conn_ref(), now)
+        return [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
                 for conn_id, checkout in list(self._out.items())
-                if checkout.since >= started and checkout.expected is None]
+                if checkout.since >= started and conn_id not in self._expected]
 
     def collected_since(self, started: float) -> list[Leak]:
         """Connections checked out and garbage-collected unreturned since ``started``."""
         return [leak for when, leak in list(self.collected)
                 if when >= started and when - leak.held_s >= started - 1e-6]
 
-    def _report(self, level: str, event: str, checkout: _Checkout, conn: Any,
-                **fields: Any) -> None:
+    def _snapshot(self, conn_id: int, checkout: _Checkout, conn: Any, *,
+                  now: float | None = None, backend_pid: int = 0) -> Leak:
+        held = (monotonic() if now is None else now) - checkout.since
+        return Leak(conn_id, backend_pid or _backend_pid(conn), _thread_name(checkout),
+                    round(held, 3), stacks.site(checkout.frames),
+                    stacks.format_stack(checkout.frames), _trace_id(checkout),
+                    conn_id in self._reported, self._expected.get(conn_id))
+
+    def _report(self, level: str, event: str, conn_id: int, checkout: _Checkout, conn: Any,
+                *, backend_pid: int = 0, **fields: Any) -> None:
         self._log(level, event, thread=_thread_name(checkout),
-                  backend_pid=_backend_pid(checkout, conn),
+                  backend_pid=backend_pid or _backend_pid(conn),
                   site=stacks.site(checkout.frames),
                   checkout_stack=stacks.format_stack(checkout.frames),
-                  checkout_trace_id=(format(checkout.trace_id, "032x")
-                                     if checkout.trace_id else None),
-                  **fields)
+                  checkout_trace_id=_trace_id(checkout), **fields)
 
 
 def _thread_name(checkout: _Checkout) -> str:
@@ -211,8 +215,15 @@ def _thread_name(checkout: _Checkout) -> str:
     return thread.name if thread.is_alive() else f"{thread.name} (ended)"
 
 
-def _backend_pid(checkout: _Checkout, conn: Any) -> int:
-    if not checkout.backend_pid and conn is not None:
-        with contextlib.suppress(Exception):  # a closed connection has no backend any more
-            checkout.backend_pid = conn.info.backend_pid
-    return checkout.backend_pid
+def _trace_id(checkout: _Checkout) -> str | None:
+    context = checkout.span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def _backend_pid(conn: Any) -> int:
+    if conn is None:
+        return 0
+    try:
+        return int(conn.info.backend_pid)
+    except Exception:  # noqa: BLE001 - a closed connection has no backend any more
+        return 0
