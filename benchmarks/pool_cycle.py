@@ -16,12 +16,10 @@ the per-cycle time (wall time / total cycles) and the ratio to psycopg2.pool's m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,11 +27,13 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from common import server
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -144,22 +144,6 @@ def run(scenario: Scenario, peer: Peer, pool: Any) -> float:
     for thread in threads:
         thread.join()
     return (time.perf_counter() - started) / (scenario.cycles * scenario.threads) * 1e6
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    import pgserver
-
-    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-bench-")
-    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield srv.get_uri()
-    finally:
-        srv.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def main() -> None:

@@ -23,10 +23,8 @@ import logging
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import server  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
@@ -61,22 +60,6 @@ class NullExporter(SpanExporter):
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         return SpanExportResult.SUCCESS
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    import pgserver
-
-    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-bench-")
-    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield srv.get_uri()
-    finally:
-        srv.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def rss_mb() -> float:
