@@ -22,8 +22,10 @@ Frames = tuple[tuple[CodeType, int], ...]  # (code, f_lasti), innermost first
 #: its callers to tell which path led there (each frame costs ~0.1 µs to keep).
 MAX_FRAMES = 20
 
-_OWN_DIRS = tuple(os.path.dirname(p) + os.sep for p in (psycopg2_pool.__file__, __file__)
-                  if p is not None)
+# Only the pool's frames stand between a checkout and the application (the leak detector's
+# own frame is skipped when capturing); code living in ``telemetry``, the demo for one, is
+# application code like any other.
+_OWN_DIRS = (os.path.dirname(psycopg2_pool.__file__ or "") + os.sep,)
 _LIBRARY_DIRS = tuple({os.path.realpath(p) + os.sep for key in ("stdlib", "platstdlib",
                                                                   "purelib", "platlib")
                        if (p := sysconfig.get_paths().get(key))})
@@ -51,7 +53,7 @@ def line_number(code: CodeType, offset: int) -> int:
 
 
 def is_own(code: CodeType) -> bool:
-    """A frame of this project's pool or telemetry package (never the checkout site)."""
+    """A frame of the pool package (never the checkout site)."""
     return code.co_filename.startswith(_OWN_DIRS)
 
 
