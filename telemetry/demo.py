@@ -178,9 +178,9 @@ def summary(out: TextIO, pool: ConnectionPool, handle: PoolInstrumentation, wait
     stats = pool.get_stats()
     leaks = handle.leaks()
     print("\n\nSummary", file=out)
-    print(f"  ran {elapsed:.1f} s: {stats['requests']} getconn calls, {counts['ok']} queries, "
-          f"{stats['timeouts']} timeouts ({stats['exhausted']} times the pool was exhausted)",
-          file=out)
+    print(f"  ran {elapsed:.1f} s: {stats['requests']} getconn calls, {counts['ok']} queries; "
+          f"{stats['exhausted']} calls found every connection in use and waited, "
+          f"{stats['timeouts']} of them gave up (timeouts)", file=out)
     print(f"  wait: p50 {percentile(waits.waits, 50) * 1000:.2f} ms, p95 "
           f"{percentile(waits.waits, 95) * 1000:.2f} ms, max "
           f"{max(waits.waits, default=0) * 1000:.1f} ms", file=out)

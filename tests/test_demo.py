@@ -61,7 +61,7 @@ def test_brief_run_reports_the_leak_and_serves_metrics(dsn: str) -> None:
     assert "db_client_connection_wait_time_seconds_bucket" in metrics
     assert "Summary" in output
     assert re.search(r"wait: p50 [\d.]+ ms, p95 [\d.]+ ms", output)
-    assert re.search(r"[1-9]\d* timeouts", output)  # the burst exhausted the pool
+    assert re.search(r"[1-9]\d* of them gave up \(timeouts\)", output)  # the burst
     assert re.search(r"LEAK: .*\n\s+taken at telemetry/demo\.py:\d+ in monthly_report", output)
     assert "connection_leak_suspected" in output and "pool_exhausted" in output
     assert "import dashboards/psycopg2-pool-overview.json" in output
