@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
 
 
+RETURNED_INSIDE_WITH = (
+    "the connection was returned to the pool inside its with block, so its transaction was "
+    "rolled back, not committed; let the with block return it")
+
+
 def _enter(self: Any) -> Any:
     pool: ConnectionPool = self._pool
     if not pool._is_checked_out(self):
@@ -36,9 +41,7 @@ def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | 
     pool: ConnectionPool = self._pool
     if not pool._is_checked_out(self) or self._pool_rec.since != self._pool_with:
         if exc_type is None:
-            raise PoolError(
-                "the connection was returned to the pool inside its with block, so its "
-                "transaction was rolled back, not committed; let the with block return it")
+            raise PoolError(RETURNED_INSIDE_WITH)
         return
     try:
         end_transaction(self, commit=exc_type is None)
@@ -75,4 +78,4 @@ def pooled_class(factory: type) -> type:
 
 PooledConnection = pooled_class(extensions.connection)
 
-__all__ = ["PooledConnection", "end_transaction", "pooled_class"]
+__all__ = ["RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "pooled_class"]

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import _forking
 from ._driver import extensions, psycopg2
-from .connection import end_transaction, pooled_class
+from .connection import RETURNED_INSIDE_WITH, end_transaction, pooled_class
 from .dsn import default_pool_name, parse_options
 from .errors import PoolClosed, PoolError, PoolExhausted
 from .events import (
@@ -115,6 +115,12 @@ def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
 
 def _optional_seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
     return None if value is None else _seconds(name, value, positive=positive)
+
+
+def _closed_reason(conn: Connection) -> str:
+    """Why an unusable connection goes: psycopg2 sets ``closed`` to 1 after ``close()``, to 2
+    when the session was lost (server gone, backend terminated)."""
+    return DiscardReason.CLOSED_BY_USER if conn.closed == 1 else DiscardReason.BROKEN
 
 
 def check_connection(conn: Connection) -> None:
@@ -443,6 +449,7 @@ class ConnectionPool:
         limit = self.timeout if timeout is None else _seconds("timeout", timeout)
         started = 0.0
         while True:
+            handed_over = False
             with self._lock:
                 if self._closed:
                     raise self._closed_error()
@@ -459,8 +466,10 @@ class ConnectionPool:
                         started = monotonic()
                         self._stats["exhausted"] += 1
                     conn = self._wait(started, limit)
-                    if conn is not None:  # handed over by putconn: already reset and checked
-                        return self._checked_out(conn, started)
+                    handed_over = conn is not None
+            # Outside the lock from here on: listeners may use the pool.
+            if handed_over:  # by putconn: already reset and checked
+                return self._checked_out(conn, started)
             if conn is None:
                 return self._checked_out(self._open(idle=False), started)
             rec = conn._pool_rec
@@ -489,7 +498,7 @@ class ConnectionPool:
                   returned: float) -> str | None:
         """Why an idle connection must not be handed out, or None when it is fine."""
         if conn.get_transaction_status() != _IDLE:
-            return DiscardReason.CLOSED_BY_USER if conn.closed else DiscardReason.BROKEN
+            return _closed_reason(conn)
         if self.idle_timeout and now - returned > self.idle_timeout:
             return DiscardReason.IDLE_TIMEOUT
         if now >= rec.expires:
@@ -687,7 +696,7 @@ class ConnectionPool:
     def _reset(self, conn: Connection, status: int) -> str | None:
         """Roll back a connection returned inside a transaction; the discard reason if it fails."""
         if status == _UNKNOWN:
-            return DiscardReason.CLOSED_BY_USER if conn.closed else DiscardReason.BROKEN
+            return _closed_reason(conn)
         if status == _ACTIVE:
             return DiscardReason.BROKEN  # a command is still running on it
         try:
@@ -924,22 +933,28 @@ def _count(counter: itertools.count[int]) -> int:
 class _ConnectionContext:
     """The context manager of :meth:`ConnectionPool.connection`."""
 
-    __slots__ = ("conn", "pool", "timeout")
+    __slots__ = ("checkout", "conn", "pool", "timeout")
 
     def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
         self.pool = pool
         self.timeout = timeout
         self.conn: Connection = None
+        self.checkout = 0.0
 
     def __enter__(self) -> Connection:
-        self.conn = self.pool.getconn(timeout=self.timeout)
-        return self.conn
+        self.conn = conn = self.pool.getconn(timeout=self.timeout)
+        self.checkout = conn._pool_rec.since  # this checkout, not a later one by someone else
+        return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         conn, self.conn = self.conn, None
-        if not self.pool._is_checked_out(conn):
-            return  # returned (or closed and returned) inside the block
+        if not self.pool._is_checked_out(conn) or conn._pool_rec.since != self.checkout:
+            # Returned inside the block (and maybe checked out again by someone else): its
+            # work was rolled back; touch nothing, and say so unless an exception is on its way.
+            if exc_type is None:
+                raise PoolError(RETURNED_INSIDE_WITH)
+            return
         try:
             end_transaction(conn, commit=exc_type is None)
         finally:

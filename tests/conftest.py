@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -54,6 +55,18 @@ def backend_count(admin: Any, application_name: str) -> int:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                     (application_name,))
         return int(cur.fetchone()[0])
+
+
+def settled_backend_count(admin: Any, application_name: str, expected: int,
+                          timeout: float = 5.0) -> int:
+    """The server-side count once it reaches ``expected`` (or the last one seen at timeout):
+    a backend leaves pg_stat_activity a moment after its client closed the connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = backend_count(admin, application_name)
+        if count == expected or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.02)
 
 
 @pytest.fixture
