@@ -4,10 +4,10 @@ Two rules keep ``getconn``/``putconn`` cheap:
 
 - Gauges and counters are observable instruments: their callbacks read ``pool.get_stats()``
   when a reader collects, so the hot path updates nothing for them.
-- Latencies (wait, use, create time) are appended to a deque on the hot path (~50 ns) and
-  recorded into the SDK histograms off it (one SDK record costs ~5 µs): at each collection
-  (the observable callbacks run before the SDK reads its histograms) and every half second
-  by the background worker, which bounds the memory the buffers take.
+- Latencies (wait, use, create time) are appended to a list on the hot path (~50 ns) and
+  recorded into the SDK histograms off it, in bulk (:mod:`telemetry.bulk_record`): at each
+  collection (the observable callbacks run before the SDK reads its histograms) and every
+  half second by the background worker, which bounds the memory the buffers take.
 
 Instruments are made once per meter and shared by every pool instrumented with that meter:
 the SDK keeps only the first callback of an observable instrument created twice by name.
@@ -16,9 +16,7 @@ the SDK keeps only the first callback of an observable instrument created twice 
 from __future__ import annotations
 
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,13 +26,13 @@ from psycopg2_pool import ConnectionPool, DiscardReason
 from psycopg2_pool.events import CheckinEvent, CheckoutEvent, ConnectEvent, PoolListener
 
 from . import names
+from .bulk_record import record_many
 from .names import METRIC_BY_NAME
 
 #: Buffered values per histogram before the hot path records them itself: the background
 #: flush normally keeps far below it; past it, callers pay the SDK's price (backpressure)
 #: instead of the buffer growing without bound.
 BACKLOG = 20_000
-_CHUNK = 64  # background flushes yield the GIL every this many records (~0.3 ms)
 
 
 class PoolMetrics(PoolListener):
@@ -45,9 +43,11 @@ class PoolMetrics(PoolListener):
         self._pool = weakref.ref(pool)  # the telemetry never keeps a pool alive
         self.attributes = {names.POOL_NAME: pool_name}
         self.leak_count = leak_count
-        self.wait_times: deque[float] = deque()
-        self.use_times: deque[float] = deque()
-        self.create_times: deque[float] = deque()
+        # Lists: append is one atomic C call; drains take a prefix (see _drain).
+        self.wait_times: list[float] = []
+        self.use_times: list[float] = []
+        self.create_times: list[float] = []
+        self._drain_lock = threading.Lock()
         self.instruments = _instruments(meter)
         self.instruments.add(self)
 
@@ -74,27 +74,23 @@ class PoolMetrics(PoolListener):
     def flush(self, *, background: bool = False) -> None:
         """Record the buffered latencies into the SDK histograms.
 
-        ``background``: give the GIL up between chunks, so that threads waiting for it (a
-        query that just got its answer) are not held up behind a long flush.
+        ``background``: when values must be replayed one by one, give the GIL up now and then
+        so that threads waiting for it (a query that just got its answer) are not held up.
         """
         shared = self.instruments
-        chunk = _CHUNK if background else 0
-        self._drain(self.wait_times, shared.wait_time, chunk)
-        self._drain(self.use_times, shared.use_time, chunk)
-        self._drain(self.create_times, shared.create_time, chunk)
+        self._drain(self.wait_times, shared.wait_time, background)
+        self._drain(self.use_times, shared.use_time, background)
+        self._drain(self.create_times, shared.create_time, background)
 
-    def _drain(self, buffer: deque[float], histogram: Any, chunk: int = 0) -> None:
-        """Record what ``buffer`` holds now (not what arrives meanwhile: no chasing)."""
-        record = histogram.record
-        popleft = buffer.popleft
-        attributes = self.attributes
-        for done in range(len(buffer)):
-            try:
-                record(popleft(), attributes)
-            except IndexError:  # drained by a concurrent flush
-                break
-            if chunk and done % chunk == chunk - 1:
-                time.sleep(0)  # releases the GIL
+    def _drain(self, buffer: list[float], histogram: Any, background: bool = False) -> None:
+        """Record what ``buffer`` holds now; values appended meanwhile stay for the next."""
+        with self._drain_lock:
+            count = len(buffer)
+            if not count:
+                return
+            values = buffer[:count]
+            del buffer[:count]  # appends racing with us land after ``count``: kept
+        record_many(histogram, self.attributes, values, yield_gil=background)
 
     def close(self) -> None:
         """Flush, then stop reporting (uninstrument)."""
