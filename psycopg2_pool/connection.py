@@ -38,15 +38,25 @@ def _enter(self: Any) -> Any:
 
 def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | None,
           tb: TracebackType | None) -> None:
-    pool: ConnectionPool = self._pool
-    if not pool._is_checked_out(self) or self._pool_rec.since != self._pool_with:
+    leave(self._pool, self, self._pool_with, exc_type)
+
+
+def leave(pool: ConnectionPool, conn: Any, checkout: float,
+          exc_type: type[BaseException] | None) -> None:
+    """End a with block: commit or roll back, then return the connection.
+
+    ``checkout`` identifies the checkout the block began with: a connection returned inside
+    the block (and perhaps checked out again by someone else) is left alone; leaving such a
+    block normally raises, since its work was rolled back, not committed.
+    """
+    if not pool._is_checked_out(conn) or conn._pool_rec.since != checkout:
         if exc_type is None:
             raise PoolError(RETURNED_INSIDE_WITH)
         return
     try:
-        end_transaction(self, commit=exc_type is None)
+        end_transaction(conn, commit=exc_type is None)
     finally:
-        pool.putconn(self)
+        pool.putconn(conn)
 
 
 def end_transaction(conn: Any, *, commit: bool) -> None:
@@ -78,4 +88,5 @@ def pooled_class(factory: type) -> type:
 
 PooledConnection = pooled_class(extensions.connection)
 
-__all__ = ["RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "pooled_class"]
+__all__ = ["RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "leave",
+           "pooled_class"]

@@ -45,13 +45,15 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
         return dict(extensions.parse_dsn(extensions.make_dsn(dsn, **libpq_kwargs)))
     except psycopg2.ProgrammingError as exc:  # libpq refused the options
         detail = redact_libpq_message(str(exc).removeprefix("invalid dsn: "))
-        if detail.startswith("invalid connection option"):
-            raise TypeError(
-                f"unknown connection argument: {detail}; pass only psycopg2.connect() "
-                f"arguments and libpq connection options (host, port, dbname, user, "
-                f"password, connect_timeout, sslmode, ...)") from None
-        raise ValueError(f"invalid connection string (dsn): {detail}; check its "
-                         f"key=value pairs or URI syntax") from None
+    # Raised outside the except block: libpq's own message (which may quote the password)
+    # must not ride along as the new exception's __context__.
+    if detail.startswith("invalid connection option"):
+        raise TypeError(
+            f"unknown connection argument: {detail}; pass only psycopg2.connect() "
+            f"arguments and libpq connection options (host, port, dbname, user, "
+            f"password, connect_timeout, sslmode, ...)")
+    raise ValueError(f"invalid connection string (dsn): {detail}; check its "
+                     f"key=value pairs or URI syntax")
 
 
 def default_pool_name(options: dict[str, str]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import _forking
 from ._driver import extensions, psycopg2
-from .connection import RETURNED_INSIDE_WITH, end_transaction, pooled_class
+from .connection import leave, pooled_class
 from .dsn import default_pool_name, parse_options
 from .errors import PoolClosed, PoolError, PoolExhausted
 from .events import (
@@ -586,14 +586,22 @@ class ConnectionPool:
         return error
 
     def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
+        """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
         with self._lock:
+            if self._closed:
+                raise self._closed_error()
             conn = self._keys.get(key)
         if conn is not None:
             return conn
         conn = self.getconn(timeout=timeout)
         with self._lock:
-            self._keys[key] = conn
-            conn._pool_rec.key = key
+            existing = self._keys.get(key)
+            if existing is None:
+                self._keys[key] = conn
+                conn._pool_rec.key = key
+        if existing is not None:  # another thread got one for this key meanwhile: use theirs
+            self.putconn(conn)
+            return existing
         return conn
 
     # -- return internals --------------------------------------------------------------------
@@ -785,6 +793,8 @@ class ConnectionPool:
         rec = _Record(self, conn, now, expires)
         conn._pool = self
         conn._pool_rec = rec
+        if self._on_connect:  # before anyone can check it out: events stay in order
+            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
         close = False
         with self._lock:
             self._opening -= 1
@@ -795,14 +805,12 @@ class ConnectionPool:
                 close = True
                 self._size -= 1
             elif idle and not self._waiters:
+                self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
                 self.idle_connections.append(conn)
-                self.return_times[conn] = now
             elif idle:  # opened for the pool, but somebody is waiting: serve them
                 self._hand_over(conn, rec, now)
             else:
                 self._out[rec.conn_id] = rec
-        if self._on_connect:
-            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
         if close:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
         return conn
@@ -949,16 +957,7 @@ class _ConnectionContext:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         conn, self.conn = self.conn, None
-        if not self.pool._is_checked_out(conn) or conn._pool_rec.since != self.checkout:
-            # Returned inside the block (and maybe checked out again by someone else): its
-            # work was rolled back; touch nothing, and say so unless an exception is on its way.
-            if exc_type is None:
-                raise PoolError(RETURNED_INSIDE_WITH)
-            return
-        try:
-            end_transaction(conn, commit=exc_type is None)
-        finally:
-            self.pool.putconn(conn)
+        leave(self.pool, conn, self.checkout, exc_type)
 
 
 _COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "rollbacks", "connections_num",

@@ -67,22 +67,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def database(dsn: str | None, out: TextIO) -> Iterator[str]:
-    """The given server, or an embedded PostgreSQL removed on the way out."""
+def database(dsn: str | None, out: TextIO | None = None) -> Iterator[str]:
+    """The given server, or an embedded PostgreSQL (pgserver) removed on the way out.
+
+    Also used by the test suite and the benchmarks, so that there is one way to start one.
+    """
     if dsn:
         yield dsn
         return
     import pgserver
 
-    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-demo-")
-    print(f"Starting an embedded PostgreSQL in {pgdata} ...", file=out, flush=True)
+    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-")
+    if out is not None:
+        print(f"Starting an embedded PostgreSQL in {pgdata} ...", file=out, flush=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)
-        print("Embedded PostgreSQL stopped and removed.", file=out, flush=True)
+        if out is not None:
+            print("Embedded PostgreSQL stopped and removed.", file=out, flush=True)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,18 +25,13 @@ DSN_ENV = "PSYCOPG2_POOL_TEST_DSN"
 def dsn() -> Iterator[str]:
     """A libpq DSN of a real server, for the whole session."""
     external = os.environ.get(DSN_ENV)
-    if external:
-        yield external
-        return
-    pgserver = pytest.importorskip("pgserver", reason=f"pgserver is not installed and "
-                                   f"{DSN_ENV} is not set: no PostgreSQL to test against")
-    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-test-")
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
+    if not external:
+        pytest.importorskip("pgserver", reason=f"pgserver is not installed and {DSN_ENV} is "
+                                               f"not set: no PostgreSQL to test against")
+    from telemetry.demo import database
+
+    with database(external) as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ def test_bad_constructor_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]
     with pytest.raises(error, match=match) as raised:
         ConnectionPool(*args, **kwargs)
     assert SECRET not in str(raised.value)
+    assert raised.value.__context__ is None  # libpq's unredacted message is not attached
 
 
 def test_foreign_connection(dsn: str) -> None:
