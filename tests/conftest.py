@@ -12,11 +12,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
 import pytest
+
+from psycopg2_pool import ConnectionPool
 
 DSN_ENV = "PSYCOPG2_POOL_TEST_DSN"
 
@@ -32,6 +34,25 @@ def dsn() -> Iterator[str]:
 
     with database(external) as uri:
         yield uri
+
+
+MakePool = Callable[..., ConnectionPool]
+
+
+@pytest.fixture
+def make_pool(dsn: str) -> Iterator[MakePool]:
+    """Pools on the test server (``dsn`` unless given), all closed at the end of the test."""
+    made: list[ConnectionPool] = []
+
+    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
+        kwargs.setdefault("dsn", dsn)
+        pool = ConnectionPool(*args, **kwargs)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.close()
 
 
 @pytest.fixture

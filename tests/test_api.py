@@ -14,7 +14,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 import pytest
-from conftest import backend_count
+from conftest import MakePool, backend_count
 
 import psycopg2_pool
 from psycopg2_pool import (
@@ -25,23 +25,6 @@ from psycopg2_pool import (
     ThreadSafeConnectionPool,
 )
 from psycopg2_pool.events import DiscardReason
-
-MakePool = Callable[..., ConnectionPool]
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
 
 
 @pytest.fixture

@@ -8,33 +8,15 @@ assertions are 1.2's, unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2.extensions as ext
 import pytest
-from conftest import backend_count
+from conftest import MakePool, backend_count
 from psycopg2.errors import ProgrammingError
 
-from psycopg2_pool import ConnectionPool, PoolError
-
-MakePool = Callable[..., ConnectionPool]
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    """Build pools on the test server; every one is closed at the end of the test."""
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
+from psycopg2_pool import PoolError
 
 
 def test_getconn(make_pool: MakePool) -> None:

@@ -10,27 +10,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import backend_count
+from conftest import MakePool, backend_count
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 
-MakePool = Callable[..., ConnectionPool]
 NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
 
 
 @pytest.fixture

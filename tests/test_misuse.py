@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import pytest
-from conftest import backend_count
+from conftest import MakePool, backend_count
 
 from psycopg2_pool import ConnectionPool, PoolError, ThreadedConnectionPool
 
-MakePool = Callable[..., ConnectionPool]
 PASSWORD = "s3cret-pw"
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
 
 
 def snapshot(pool: ConnectionPool) -> dict[str, Any]:

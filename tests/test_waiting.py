@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import psycopg2.pool
 import pytest
+from conftest import MakePool
 
 import psycopg2_pool
 from psycopg2_pool import ConnectionPool, PoolClosed, PoolExhausted
-
-MakePool = Callable[..., ConnectionPool]
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
