@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from conftest import MakePool
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from psycopg2_pool.events import (
@@ -24,7 +25,6 @@ from psycopg2_pool.events import (
     TimeoutEvent,
 )
 
-MakePool = Callable[..., ConnectionPool]
 NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
 
 
