@@ -64,6 +64,23 @@ def admin(dsn: str) -> Iterator[Any]:
     conn.close()
 
 
+@pytest.fixture
+def table(admin: Any) -> Iterator[str]:
+    """A fresh one-column table, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (id int)")
+    yield name
+    with admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def count_rows(admin: Any, table: str) -> int:
+    with admin.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return int(cur.fetchone()[0])
+
+
 def backend_count(admin: Any, application_name: str) -> int:
     """Server-side connections opened with ``application_name``."""
     with admin.cursor() as cur:

@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -14,7 +14,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 import pytest
-from conftest import MakePool, backend_count
+from conftest import MakePool, backend_count, count_rows
 
 import psycopg2_pool
 from psycopg2_pool import (
@@ -25,22 +25,6 @@ from psycopg2_pool import (
     ThreadSafeConnectionPool,
 )
 from psycopg2_pool.events import DiscardReason
-
-
-@pytest.fixture
-def table(admin: Any) -> Iterator[str]:
-    name = f"api_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE TABLE {name} (id int)")
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def count_rows(admin: Any, table: str) -> int:
-    with admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return int(cur.fetchone()[0])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -6,14 +6,13 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.pool
 import pytest
-from conftest import backend_count, settled_backend_count
+from conftest import backend_count, count_rows, settled_backend_count
 
 import psycopg2_pool
 from psycopg2_pool import (
@@ -25,22 +24,6 @@ from psycopg2_pool import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def table(admin: Any) -> Iterator[str]:
-    name = f"t_{time.monotonic_ns()}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE TABLE {name} (id int)")
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP TABLE {name}")
-
-
-def rows(admin: Any, table: str) -> int:
-    with admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return int(cur.fetchone()[0])
 
 
 def test_seed_imports() -> None:
@@ -68,7 +51,7 @@ def test_with_getconn_commits_and_returns(dsn: str, admin: Any, table: str) -> N
     pool = ConnectionPool(0, 2, dsn=dsn)
     with pool.getconn() as conn, conn.cursor() as cur:
         cur.execute(f"INSERT INTO {table} VALUES (1)")
-    assert rows(admin, table) == 1
+    assert count_rows(admin, table) == 1
     assert list(pool.idle_connections) == [conn]
     assert pool.get_stats()["pool_in_use"] == 0
     assert pool.getconn() is conn  # reused
@@ -83,7 +66,7 @@ def test_with_getconn_rolls_back_on_exception_and_returns(dsn: str, admin: Any,
         with conn.cursor() as cur:
             cur.execute(f"INSERT INTO {table} VALUES (1)")
         1 / 0  # noqa: B018
-    assert rows(admin, table) == 0
+    assert count_rows(admin, table) == 0
     assert list(pool.idle_connections) == [conn]
     assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
     pool.close()
@@ -93,12 +76,12 @@ def test_pool_connection_context(dsn: str, admin: Any, table: str) -> None:
     pool = ConnectionPool(0, 2, dsn=dsn)
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute(f"INSERT INTO {table} VALUES (1)")
-    assert rows(admin, table) == 1
+    assert count_rows(admin, table) == 1
     with pytest.raises(RuntimeError), pool.connection(timeout=1) as conn2:
         with conn2.cursor() as cur:
             cur.execute(f"INSERT INTO {table} VALUES (2)")
         raise RuntimeError("boom")
-    assert rows(admin, table) == 1
+    assert count_rows(admin, table) == 1
     assert pool.get_stats()["pool_in_use"] == 0
     pool.close()
 
