@@ -1,7 +1,15 @@
-"""What the benchmark scripts share: a PostgreSQL to run against (the demo's helper)."""
+"""What the benchmark scripts share: the repository on the import path, and a PostgreSQL to
+run against (the demo's helper)."""
 
 from __future__ import annotations
 
-from telemetry.demo import database as server
+import sys
+from pathlib import Path
 
-__all__ = ["server"]
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout, installed or not
+    sys.path.insert(0, str(ROOT))
+
+from telemetry.demo import database as server  # noqa: E402
+
+__all__ = ["ROOT", "server"]

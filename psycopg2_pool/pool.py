@@ -27,6 +27,7 @@ from typing import Any
 
 from . import _forking
 from ._driver import extensions, psycopg2
+from ._watchdog import WATCHDOG
 from .connection import leave, pooled_class
 from .dsn import default_pool_name, parse_options
 from .errors import PoolClosed, PoolError, PoolExhausted
@@ -150,6 +151,7 @@ class ConnectionPool:
                  *, timeout: float = 0.0, max_lifetime: float | None = None,
                  check_idle_after: float | None = None,
                  check: Callable[[Connection], object] | None = None,
+                 io_timeout: float | None = 5.0,
                  name: str | None = None, **connect_kwargs: Any) -> None:
         if isinstance(minconn, bool) or not isinstance(minconn, int):
             raise TypeError(f"minconn must be an int, got {type(minconn).__name__}")
@@ -183,6 +185,9 @@ class ConnectionPool:
         if check is not None and check_idle_after is None:
             self.check_idle_after = 0.0
         self.check = check if check is not None else check_connection
+        #: Seconds the pool's own round trips (``check``, rollback on return) may take before
+        #: the connection is deemed broken: its socket is shut down and it is discarded.
+        self.io_timeout = _optional_seconds("io_timeout", io_timeout, positive=True)
         self.connect_kwargs = connect_kwargs
         self.name = name or default_pool_name(options)
 
@@ -505,7 +510,7 @@ class ConnectionPool:
             return DiscardReason.MAX_LIFETIME
         if self.check_idle_after is not None and now - returned >= self.check_idle_after:
             try:
-                self.check(conn)
+                self._bounded(self.check, conn)
             except Exception:  # noqa: BLE001 - any failure means "do not hand it out"
                 return DiscardReason.FAILED_CHECK
             if conn.get_transaction_status() != _IDLE:
@@ -708,12 +713,27 @@ class ConnectionPool:
         if status == _ACTIVE:
             return DiscardReason.BROKEN  # a command is still running on it
         try:
-            conn.rollback()
+            self._bounded(conn.__class__.rollback, conn)
         except Exception:  # noqa: BLE001 - a connection that cannot roll back is broken
             return DiscardReason.BROKEN
         with self._lock:
             self._stats["rollbacks"] += 1
         return None if conn.get_transaction_status() == _IDLE else DiscardReason.BROKEN
+
+    def _bounded(self, call: Callable[[Connection], object], conn: Connection) -> None:
+        """``call(conn)``, its socket shut down should it take longer than ``io_timeout``."""
+        seconds = self.io_timeout
+        if seconds is None:
+            call(conn)
+            return
+        token = WATCHDOG.arm(conn.fileno(), seconds)
+        try:
+            call(conn)
+        finally:
+            if WATCHDOG.disarm(token):
+                logger.warning("pool %r: a %s took longer than io_timeout=%gs; the connection "
+                               "was shut down and will be discarded", self.name,
+                               getattr(call, "__name__", "round trip"), seconds)
 
     def _prune_idle(self, now: float) -> list[Connection]:
         """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""

@@ -177,3 +177,19 @@ def point(metric: Any, attributes: dict[str, str] | None = None) -> Any:
             return data_point
     raise AssertionError(f"no point of {metric.name} with {wanted}: "
                          f"{[dict(p.attributes) for p in metric.data.data_points]}")
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure() -> Callable[[str], None]:
+    """Report a measured figure (recovery time, errors seen...) in the session's summary."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

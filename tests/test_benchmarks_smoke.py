@@ -1,4 +1,4 @@
-"""The benchmark scripts keep working (a quick run each; no timing is asserted)."""
+"""The benchmark suite keeps working (a quick run; no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("script", "expected"), [
-    ("pool_cycle.py", ["| bare, 1 thread | psycopg2.pool |", "psycopg2_pool (this)",
-                       "psycopg_pool 3", "| SELECT 1, 8 threads |"]),
-    ("telemetry_overhead.py", ["| getconn/putconn | instrument() |", "Checkout-site capture",
-                               "Memory:"]),
-])
-def test_benchmark_quick_run(script: str, expected: list[str], dsn: str,
-                             tmp_path: Path) -> None:
+def test_benchmark_quick_run(dsn: str, tmp_path: Path) -> None:
     output = tmp_path / "result.md"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--dsn", dsn,
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--dsn", dsn,
          "--output", str(output)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     text = output.read_text()
-    for fragment in expected:
+    for fragment in ["| bare, 1 thread | psycopg2.pool |", "| SELECT 1, 8 threads | this pool |",
+                     "| psycopg_pool 3 |", "this pool + instrument(), in a trace",
+                     "## Contention", "checkout-site capture", "Memory:", "## Targets"]:
         assert fragment in text
+    rows = [line for line in text.splitlines() if line.startswith("| this pool | ")]
+    assert rows, "the contention table has no row for this pool"
+    errors = int(rows[0].split("|")[4].replace(",", ""))
+    assert errors == 0, rows[0]  # this pool waits: contention never raises
+    svg = output.with_suffix(".svg").read_text()
+    assert svg.startswith("<svg") and "this pool" in svg
+
+
+def test_instruction_count_quick_run(dsn: str, tmp_path: Path) -> None:
+    require_binary("valgrind")
+    output = tmp_path / "instructions.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "instructions.py"), "--only", "leaks off",
+         "--cycles", "50", "--dsn", dsn, "--output", str(output)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in output.read_text().splitlines()
+            if line.startswith("| this pool + instrument(), leaks off |")]
+    assert len(rows) == 1, output.read_text()
+    count = float(rows[0].split("|")[2].replace(",", ""))
+    assert count > 1000  # a cycle is thousands of instructions: 0 would mean a broken count
