@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from time import monotonic
+from typing import Any
 
 import psycopg2
 import pytest
-from conftest import Otel, point
+from conftest import Otel, point, settled_backend_count
 from faults import OwnServer, Proxy
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
@@ -486,3 +487,53 @@ def test_metrics_show_a_restart(server: OwnServer, otel: Otel) -> None:
         assert used == 0 and idle == pool.get_stats()["pool_available"]
     finally:
         pool.close()
+
+
+# -- a pre-fork server ----------------------------------------------------------------------
+
+def test_pre_fork_server_pattern(dsn: str, admin: Any, app_name: str, figure: Figure) -> None:
+    """As gunicorn with --preload: the parent opens and warms the pool, forks workers that
+    each serve requests from threads, and keeps using its own connections meanwhile."""
+    import os
+
+    pool = ConnectionPool(2, 4, timeout=5, dsn=dsn, application_name=app_name)
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        parent_pid_before = cur.fetchone()[0]
+    children = []
+    for worker in range(3):
+        pid = os.fork()
+        if pid == 0:  # a worker: threads serving requests, then exit without cleanup
+            code = 1
+            try:
+                served: list[int] = []
+
+                def serve(worker: int = worker, served: list[int] = served) -> None:
+                    for _ in range(20):
+                        with pool.connection() as c, c.cursor() as k:
+                            k.execute("SELECT %s", (worker,))
+                            served.append(k.fetchone()[0])
+
+                threads = [threading.Thread(target=serve) for _ in range(4)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(20)
+                code = 0 if served == [worker] * 80 else 2
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for _ in range(50):  # the parent serves too, meanwhile
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            assert cur.fetchone()[0] > 0
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0, 0, 0]
+    with pool.connection() as conn, conn.cursor() as cur:  # the parent's sessions survived
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] == parent_pid_before
+    size = pool.get_stats()["pool_size"]
+    assert settled_backend_count(admin, app_name, size) == size  # the workers' sessions ended
+    pool.close()
+    figure(f"pre-fork: 3 forked workers x 4 threads x 20 requests all served; the parent's "
+           f"sessions untouched; {size} server sessions left, the parent's")
