@@ -25,6 +25,11 @@ class Watchdog:
     """Deadlines for sockets; shuts down any socket whose deadline passes while armed."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state: at start, and in a forked child (where the parent's thread is gone
+        and its lock may have been held at the fork)."""
         self._cond = threading.Condition(threading.Lock())
         self._armed: dict[int, int] = {}  # token -> fd, while armed
         self._fired: set[int] = set()
@@ -93,3 +98,4 @@ def _shutdown(fd: int) -> None:
 
 
 WATCHDOG = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._reset)
