@@ -72,8 +72,8 @@ class Watchdog:
                     cond.wait()
                     continue
                 remaining = heap[0][0] - monotonic()
-                if remaining > 0:
-                    cond.wait(remaining)
+                if remaining > 0:  # capped: a huge io_timeout (inf) must not kill the thread
+                    cond.wait(min(remaining, threading.TIMEOUT_MAX))
                     continue
                 _, token = heapq.heappop(heap)
                 fd = self._armed.pop(token)

@@ -70,12 +70,17 @@ def end_transaction(conn: Any, *, commit: bool) -> None:
         conn.rollback()
 
 
-@cache
 def pooled_class(factory: type) -> type:
     """The pooled subclass of a connection class (cached: one per class)."""
-    if not (isinstance(factory, type) and issubclass(factory, extensions.connection)):
+    valid = isinstance(factory, type) and issubclass(factory, extensions.connection)
+    if not valid:  # checked outside the cache, which would choke on an unhashable value
         raise TypeError("connection_factory must be a subclass of "
                         "psycopg2.extensions.connection")
+    return _pooled_class(factory)
+
+
+@cache
+def _pooled_class(factory: type) -> type:
     return type(f"Pooled{factory.__name__}", (factory,), {
         "__slots__": ("_pool", "_pool_rec", "_pool_with"),
         "__module__": __name__,

@@ -18,6 +18,11 @@ PYTHON_CONNECT_ARGS = frozenset({"connection_factory", "cursor_factory", "async"
 
 _OPTION_NAME = re.compile(r'invalid connection option "([A-Za-z_][A-Za-z0-9_]*)"')
 _QUOTED = re.compile(r'"[^"]*"?')
+# The fragment libpq quotes is the input itself, so it may contain quotes: `"[^"]*"` alone
+# would end it early and show the rest. Libpq puts it last (`...: "<URI or token>"`), or
+# in `missing "=" after "<word>" in connection info string`: those are cut out whole first.
+_MISSING_EQUALS = re.compile(r'(missing "=" after )".*"( in connection info string)\Z', re.DOTALL)
+_TRAILING = re.compile(r': ".*\Z', re.DOTALL)
 
 
 def redact_libpq_message(message: str) -> str:
@@ -26,6 +31,8 @@ def redact_libpq_message(message: str) -> str:
     match = _OPTION_NAME.search(message)
     if match:
         return f'invalid connection option "{match.group(1)}"'
+    message = _MISSING_EQUALS.sub(r'\1"…"\2', message)
+    message = _TRAILING.sub(': "…"', message)
     return _QUOTED.sub('"…"', message)
 
 
@@ -37,7 +44,9 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
     """
     libpq_kwargs = {k: v for k, v in connect_kwargs.items()
                     if k not in PYTHON_CONNECT_ARGS and k != "dsn" and v is not None}
-    dsn = connect_kwargs.get("dsn") or ""
+    dsn = connect_kwargs.get("dsn")
+    if dsn is None:
+        dsn = ""
     if not isinstance(dsn, str):
         raise TypeError(f"dsn must be a str (a libpq connection string or URI), "
                         f"got {type(dsn).__name__}")

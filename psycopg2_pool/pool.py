@@ -102,20 +102,22 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
+def _seconds(name: str, value: Any, *, positive: bool = False, optional: bool = False) -> float:
     """Validate a duration argument: a real number of seconds, not NaN, not negative."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (pass the DSN as dsn=...)" if isinstance(value, str) else ""
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}{hint}")
+        accepted = "a number of seconds or None" if optional else "a number of seconds"
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number of seconds, got NaN")
     if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+        hint = "; pass None for no limit" if positive and optional else ""
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, "
+                         f"got {value!r}{hint}")
     return float(value)
 
 
 def _optional_seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
-    return None if value is None else _seconds(name, value, positive=positive)
+    return None if value is None else _seconds(name, value, positive=positive, optional=True)
 
 
 def _closed_reason(conn: Connection) -> str:
@@ -159,8 +161,10 @@ class ConnectionPool:
             raise ValueError(f"minconn must be >= 0, got {minconn}")
         if isinstance(maxconn, bool) or not isinstance(maxconn, (int, float)) or (
                 isinstance(maxconn, float) and maxconn != _INF):
+            shown = repr(maxconn) if isinstance(maxconn, (int, float)) else (
+                type(maxconn).__name__)  # a str may be a DSN with a password: never quote it
             raise TypeError(f"maxconn must be an int (or float('inf') for no limit), "
-                            f"got {maxconn!r}")
+                            f"got {shown}")
         if maxconn < 1:
             raise ValueError(f"maxconn must be >= 1, got {maxconn}")
         if minconn > maxconn:
@@ -172,14 +176,19 @@ class ConnectionPool:
             raise TypeError("name must be a non-empty str")
         if connect_kwargs.get("async") or connect_kwargs.get("async_"):
             raise TypeError("asynchronous connections cannot be pooled; drop async=True")
-        factory = connect_kwargs.get("connection_factory") or extensions.connection
+        if isinstance(idle_timeout, str):  # psycopg2.pool's positional DSN; never quote it
+            raise TypeError("idle_timeout must be a number of seconds or None, got str "
+                            "(pass the DSN as dsn=...)")
+        factory = connect_kwargs.get("connection_factory")
+        if factory is None:
+            factory = extensions.connection
         options = parse_options(connect_kwargs)
         connect_kwargs.setdefault("dsn", "")
 
         self.minconn = minconn
         self.maxconn = maxconn
         self.idle_timeout = idle_timeout
-        self.timeout = _seconds("timeout", timeout)
+        self.timeout = timeout
         self.max_lifetime = _optional_seconds("max_lifetime", max_lifetime, positive=True)
         self.check_idle_after = check_idle_after
         if check is not None and check_idle_after is None:
@@ -232,6 +241,15 @@ class ConnectionPool:
             raise
 
     @property
+    def timeout(self) -> float:
+        """Seconds ``getconn`` waits for a connection when all are in use (0: fail at once)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = _seconds("timeout", value)  # NaN would make a waiter loop forever
+
+    @property
     def idle_timeout(self) -> float | None:
         """Seconds an idle connection may stay idle before it is closed (None/0: no limit)."""
         return self._idle_timeout
@@ -269,6 +287,8 @@ class ConnectionPool:
         when not given) for one to be returned, then raises :class:`PoolExhausted`.
         ``key`` (psycopg2.pool's) returns the connection already checked out under that key.
         """
+        if timeout is not None:  # before anything is counted or handed out
+            timeout = _seconds("timeout", timeout)
         if key is None and not self._waiters and not self._closed:
             try:
                 conn = self.idle_connections.pop()
@@ -413,6 +433,9 @@ class ConnectionPool:
 
     def add_listener(self, listener: object) -> None:
         """Attach a listener (see :mod:`psycopg2_pool.events`); its ``on_*`` methods are used."""
+        if isinstance(listener, type):
+            raise TypeError(f"add_listener() takes a listener object, got the class "
+                            f"{listener.__name__}; pass an instance: {listener.__name__}()")
         if not any(callable(getattr(listener, hook, None)) for hook in HOOKS):
             raise TypeError(f"a listener needs at least one of the methods {', '.join(HOOKS)}")
         with self._lock:
@@ -450,8 +473,10 @@ class ConnectionPool:
         if key is not None:
             return self._getconn_keyed(key, timeout)
         if not counted:
+            if self._closed:  # misuse, not a request (as for a keyed getconn): not counted
+                raise self._closed_error()
             next(self._requests)
-        limit = self.timeout if timeout is None else _seconds("timeout", timeout)
+        limit = self._timeout if timeout is None else timeout  # validated by getconn
         started = 0.0
         while True:
             handed_over = False
