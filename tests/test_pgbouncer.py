@@ -32,7 +32,7 @@ def bouncer(dsn: str) -> Iterator[Bouncer]:
 def clients(bouncer: Bouncer, application_name: str) -> int:
     """Client connections PgBouncer holds for one application_name, once they settle."""
     return len([row for row in bouncer.show("CLIENTS", "app")
-                if row["application_name"] == application_name])
+                if row.get("application_name") == application_name])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
