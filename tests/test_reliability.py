@@ -146,9 +146,10 @@ def test_restart_while_idle(server: OwnServer, figure: Figure, health_check: boo
     failed = [a for a in attempts if a.error]
     if health_check:
         assert failed == [] and stats["discarded_failed_check"] == 8
-    else:
+    else:  # each failure discarded its connection: at most one per pooled connection. When
+        # it shows is not bounded: the newest idle connection goes first, so a dead one at the
+        # bottom of the idle stack waits until 8 checkouts overlap.
         assert 1 <= len(failed) <= 8 and stats["discarded_broken"] == len(failed)
-    assert not any(a.error for a in attempts if a.started >= attempts[0].started + 0.5)
     figure(f"restart while idle, health check {'on' if health_check else 'off'}: "
            f"{len(failed)} of {len(attempts)} checkouts got a dead connection")
 
