@@ -22,14 +22,10 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from conftest import free_port
 
 POOL_SIZES = {"app": 2, "one": 1}
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as(server_host: str) -> str | None:
@@ -49,14 +45,14 @@ class Bouncer:
 
     def __init__(self, binary: str, server_dsn: str) -> None:
         server = psycopg2.extensions.parse_dsn(server_dsn)
-        self.server_dbname = server.get("dbname", "postgres")
+        dbname = server.get("dbname", "postgres")
         host = server.get("host", "localhost")
         target = " ".join(f"{key}={server[key]}" for key in ("host", "port", "user", "password")
                           if key in server)
-        self.port = _free_port()
+        self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="psycopg2-pool-pgbouncer-"))
         user = _run_as(host)
-        databases = "\n".join(f"{name} = {target} dbname={self.server_dbname} pool_size={size}"
+        databases = "\n".join(f"{name} = {target} dbname={dbname} pool_size={size}"
                               for name, size in POOL_SIZES.items())
         (self.workdir / "pgbouncer.ini").write_text(f"""\
 [databases]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,10 +103,47 @@ def settled_backend_count(admin: Any, application_name: str, expected: int,
         time.sleep(0.02)
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False): the server
+    side of a change shows a moment later (a backend exits after its client closed)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 def app_name() -> str:
     """A unique application_name, to count a test's own server-side connections."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def exception_texts(exc: BaseException) -> list[str]:
+    """What an exception shows: str, repr, args, attributes, notes, the formatted traceback,
+    and the same for every exception of its ``__cause__``/``__context__`` chain (the secrets
+    tests look for a password in all of it)."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        texts += [str(error), repr(error), repr(error.args), repr(getattr(error, "__dict__", {})),
+                  repr(getattr(error, "pgerror", None)), *getattr(error, "__notes__", ()),
+                  "".join(traceback.format_exception(error))]
+        todo += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return texts
 
 
 REQUIRE_BINARIES_ENV = "PSYCOPG2_POOL_REQUIRE_BINARIES"

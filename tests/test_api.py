@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -14,7 +13,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 import pytest
-from conftest import MakePool, backend_count, count_rows
+from conftest import MakePool, backend_count, count_rows, wait_until
 
 import psycopg2_pool
 from psycopg2_pool import (
@@ -25,17 +24,6 @@ from psycopg2_pool import (
     ThreadSafeConnectionPool,
 )
 from psycopg2_pool.events import DiscardReason
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` (a backend exits a little after its client closed the socket)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
 
 
 def select_one(conn: Any) -> int:

@@ -13,14 +13,14 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import pytest
-from conftest import MakePool, settled_backend_count
+from conftest import MakePool, exception_texts, settled_backend_count
 
 import psycopg2_pool.pool
 from psycopg2_pool import (
@@ -71,25 +71,9 @@ def exactly(message: str) -> str:
     return rf"\A{re.escape(message)}\Z"
 
 
-def chain(exc: BaseException | None) -> Iterator[BaseException]:
-    """``exc`` and every exception reachable through ``__cause__`` and ``__context__``."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [current.__cause__, current.__context__]
-
-
 def assert_no_password(exc: BaseException) -> None:
-    for link in chain(exc):
-        texts = [str(link), repr(link), *map(repr, link.args),
-                 *getattr(link, "__notes__", [])]
-        for text in texts:
-            assert PASSWORD not in text, f"{type(link).__name__} leaks the password: {text}"
+    for text in exception_texts(exc):
+        assert PASSWORD not in text, f"the password shows in: {text}"
 
 
 def snapshot(pool: ConnectionPool) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_binary
+from conftest import free_port, require_binary
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from telemetry import instrument, names
@@ -114,11 +113,6 @@ def test_alert_rules_check_and_unit_tests() -> None:
 
 # -- end to end: load -> OpenTelemetry Prometheus exporter -> a real Prometheus -> every query
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str) -> Any:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
-from conftest import MakePool, backend_count
+from conftest import MakePool, backend_count, wait_until
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 
@@ -46,13 +46,6 @@ def role_sessions(admin: Any, role: str) -> int:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
         return int(cur.fetchone()[0])
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 # -- nothing listens -----------------------------------------------------------------------
@@ -163,7 +156,7 @@ def test_waiter_handed_a_slot_whose_open_fails(make_pool: MakePool, admin: Any,
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     set_limit(admin, limited_role, 0)
     pool.putconn(conn, close=True)  # frees the slot; the waiter's open is refused
     waiter.join(10)
@@ -202,7 +195,7 @@ def test_failed_construction_closes_what_it_opened(dsn: str, admin: Any, limited
                                                    app_name: str) -> None:
     with pytest.raises(psycopg2.OperationalError, match="too many connections"):
         ConnectionPool(3, 5, dsn=dsn, user=limited_role, application_name=app_name)
-    wait_until(lambda: backend_count(admin, app_name) == 0)
+    assert wait_until(lambda: backend_count(admin, app_name) == 0)
 
 
 def test_bad_credentials_user_does_not_exist(make_pool: MakePool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import MakePool
+from conftest import MakePool, wait_until
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from psycopg2_pool.events import (
@@ -89,13 +89,6 @@ class Recorder(PoolListener):
             return [type(e).__name__ for e in self.events]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.002)
-
 
 def terminate(admin: Any, pid: int) -> None:
     with admin.cursor() as cur:
@@ -160,7 +153,7 @@ def test_checkout_after_waiting(make_pool: MakePool) -> None:
     conn = pool.getconn()
 
     def give_back() -> None:
-        wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
         time.sleep(0.2)
         pool.putconn(conn)
 
@@ -345,7 +338,7 @@ def test_garbage_collected_connection_serves_a_waiter(make_pool: MakePool) -> No
 
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     started = time.monotonic()
     box.clear()  # the application drops its only reference without putconn
     gc.collect()
@@ -416,7 +409,7 @@ def test_raising_listener_with_waiting_and_failures(make_pool: MakePool,
 
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     within(5, pool.putconn, conn)
     thread.join(3)
     assert not thread.is_alive(), "the waiter never returned from getconn (deadlock)"
@@ -445,7 +438,7 @@ def test_listener_may_use_the_pool_after_a_wait(make_pool: MakePool) -> None:
     waiter = threading.Thread(target=lambda: seen.append({"got": pool.getconn()}),
                               daemon=True)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     within(5, pool.putconn, conn)
     waiter.join(3)
     assert not waiter.is_alive(), "getconn after a wait hung in its listener (deadlock)"

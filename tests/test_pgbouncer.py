@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
 from bouncer import POOL_SIZES, Bouncer
-from conftest import MakePool, Otel, count_rows, point, require_binary
+from conftest import MakePool, Otel, count_rows, point, require_binary, wait_until
 
 from psycopg2_pool import ConnectionPool
 from telemetry import instrument, names
@@ -34,14 +34,6 @@ def clients(bouncer: Bouncer, application_name: str) -> int:
     return len([row for row in bouncer.show("CLIENTS", "app")
                 if row.get("application_name") == application_name])
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def backend_pid(conn: Any) -> int:
@@ -118,7 +110,7 @@ def test_rollback_on_return_frees_the_only_server_session(
     second.rollback()
     pool.putconn(second)
     assert count_rows(admin, table) == 0
-    assert wait_for(lambda: bouncer.show("POOLS", "one")[0]["sv_active"] == 0)
+    assert wait_until(lambda: bouncer.show("POOLS", "one")[0]["sv_active"] == 0)
 
 
 @pytest.mark.parametrize("health_check", [True, False], ids=["check-on", "check-off"])
@@ -169,7 +161,7 @@ def test_server_backends_terminated(bouncer: Bouncer, make_pool: MakePool,
         idle_pid = backend_pid(conn)
     with admin.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (idle_pid,))
-    assert wait_for(lambda: idle_pid not in {row["remote_pid"]
+    assert wait_until(lambda: idle_pid not in {row["remote_pid"]
                                              for row in bouncer.show("SERVERS", "app")})
     with pool.connection() as conn:
         assert backend_pid(conn) != idle_pid
@@ -264,4 +256,4 @@ def test_close_disconnects_every_client(bouncer: Bouncer, app_name: str) -> None
     pool = ConnectionPool(4, 4, dsn=bouncer.dsn("app", application_name=app_name))
     assert clients(bouncer, app_name) == 4
     pool.close()
-    assert wait_for(lambda: clients(bouncer, app_name) == 0)
+    assert wait_until(lambda: clients(bouncer, app_name) == 0)

@@ -9,16 +9,10 @@ from typing import Any
 import psycopg2
 import psycopg2.pool
 import pytest
+from conftest import wait_until
 
 import psycopg2_pool
 from psycopg2_pool import ConnectionPool, PoolClosed, PoolExhausted
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
 
 
 def test_exhaustion_error_is_every_class_users_catch(dsn: str) -> None:
@@ -67,7 +61,7 @@ def test_a_returned_connection_is_handed_to_the_waiter(dsn: str) -> None:
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(pool.getconn()))
     waiter.start()
-    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(held)
     waiter.join(5)
     assert got == [held]
@@ -81,7 +75,7 @@ def test_a_discarded_connection_frees_its_slot_for_the_waiter(dsn: str) -> None:
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(pool.getconn()))
     waiter.start()
-    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(held, close=True)
     waiter.join(5)
     assert len(got) == 1 and got[0] is not held and not got[0].closed
@@ -108,7 +102,7 @@ def test_waiters_are_served_first_come_first_served(dsn: str) -> None:
         thread = threading.Thread(target=worker, args=(i,))
         thread.start()
         threads.append(thread)
-        wait_for(lambda n=i + 1: pool.get_stats()["requests_waiting"] == n)
+        assert wait_until(lambda n=i + 1: pool.get_stats()["requests_waiting"] == n)
     pool.putconn(held)
     for thread in threads:
         thread.join(10)
@@ -129,7 +123,7 @@ def test_close_wakes_waiters_with_pool_closed(dsn: str) -> None:
 
     thread = threading.Thread(target=wait)
     thread.start()
-    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.close()
     thread.join(5)
     assert len(errors) == 1 and isinstance(errors[0], PoolClosed)

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 import structlog
-from conftest import DSN_ENV
+from conftest import DSN_ENV, exception_texts
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -83,23 +82,6 @@ def assert_clean(texts: Iterable[str]) -> None:
         leaked = sorted(form for form in FORBIDDEN if form in text)
         assert not leaked, f"the password ({leaked}) shows in:\n{text}"
 
-
-def exception_texts(exc: BaseException) -> list[str]:
-    """What an exception shows: str, repr, args, attributes, notes, the formatted traceback,
-    and the same for every exception of its ``__cause__``/``__context__`` chain."""
-    texts: list[str] = []
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        error = todo.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        texts += [str(error), repr(error), repr(error.args), repr(getattr(error, "__dict__", {})),
-                  repr(getattr(error, "pgerror", None)), *getattr(error, "__notes__", ()),
-                  "".join(traceback.format_exception(error))]
-        todo += [e for e in (error.__cause__, error.__context__) if e is not None]
-    return texts
 
 
 # -- shapes and targets ---------------------------------------------------------------------

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import psycopg2.pool
 import pytest
-from conftest import MakePool
+from conftest import MakePool, wait_until
 
 import psycopg2_pool
 from psycopg2_pool import ConnectionPool, PoolClosed, PoolExhausted
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.002)
 
 
 class Getter(threading.Thread):
@@ -127,7 +118,7 @@ def test_putconn_from_another_thread_hands_over_that_connection(make_pool: MakeP
     conn = pool.getconn()
 
     def give_back() -> None:
-        wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
         time.sleep(0.05)
         pool.putconn(conn)
 
@@ -153,7 +144,7 @@ def test_waiter_thread_gets_the_returned_connection(make_pool: MakePool) -> None
     conn = pool.getconn()
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(conn)
     waiter.join(5)
     assert waiter.error is None
@@ -166,7 +157,7 @@ def test_discarded_connection_gives_its_slot_to_a_waiter(make_pool: MakePool) ->
     conn = pool.getconn()
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(conn, close=True)
     waiter.join(5)
     assert waiter.error is None
@@ -183,7 +174,7 @@ def test_close_wakes_waiters_with_pool_closed(make_pool: MakePool) -> None:
     conn = pool.getconn()
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.close()
     waiter.join(5)
     assert not waiter.is_alive()
@@ -218,16 +209,16 @@ def test_waiters_are_served_first_come_first_served(make_pool: MakePool, maxconn
         thread = threading.Thread(target=worker, args=(i,), daemon=True)
         thread.start()
         threads.append(thread)
-        wait_until(lambda i=i: pool.get_stats()["requests_waiting"] == i + 1)
+        assert wait_until(lambda i=i: pool.get_stats()["requests_waiting"] == i + 1)
 
     # Return the connections one at a time; each must go to the oldest waiter.
     for returned, conn in enumerate(held, 1):
         pool.putconn(conn)
-        wait_until(lambda n=returned: len(served) == n or bool(errors))
+        assert wait_until(lambda n=returned: len(served) == n or bool(errors))
     assert served == list(range(maxconn))
     for i in range(n - maxconn):
         release[i].set()
-        wait_until(lambda i=i: len(served) == maxconn + i + 1 or bool(errors))
+        assert wait_until(lambda i=i: len(served) == maxconn + i + 1 or bool(errors))
         assert served == list(range(maxconn + i + 1))
     for event in release:
         event.set()
@@ -248,7 +239,7 @@ def test_new_request_does_not_barge_ahead_of_a_waiter(make_pool: MakePool) -> No
     conn = pool.getconn()
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(conn)
     with pytest.raises(PoolExhausted):
         pool.getconn(timeout=0)  # the connection is already the waiter's
@@ -285,7 +276,7 @@ def test_waiter_gets_a_rolled_back_connection(make_pool: MakePool) -> None:
         cur.execute("SELECT 1")  # returned inside a transaction
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     pool.putconn(conn)
     waiter.join(5)
     assert waiter.conn is conn
@@ -301,7 +292,7 @@ def test_waiter_gets_a_new_connection_when_the_returned_one_is_discarded(
     conn = pool.getconn()
     waiter = Getter(pool)
     waiter.start()
-    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
     if why == "closed":
         conn.close()
     else:
