@@ -9,7 +9,7 @@ spans, logs and leak reports.
 from __future__ import annotations
 
 from .connection import PooledConnection
-from .errors import PoolClosed, PoolError, PoolExhausted
+from .errors import PoolClosed, PoolError, PoolExhausted, ServerUnavailable, TooManyRequests
 from .events import (
     CheckinEvent,
     CheckoutEvent,
@@ -18,7 +18,9 @@ from .events import (
     DiscardEvent,
     DiscardReason,
     PoolListener,
+    RecoveredEvent,
     TimeoutEvent,
+    UnavailableEvent,
 )
 from .pool import ConnectionPool, ThreadedConnectionPool, ThreadSafeConnectionPool, check_connection
 
@@ -37,8 +39,12 @@ __all__ = [
     "PoolExhausted",
     "PoolListener",
     "PooledConnection",
+    "RecoveredEvent",
+    "ServerUnavailable",
     "ThreadSafeConnectionPool",
     "ThreadedConnectionPool",
     "TimeoutEvent",
+    "TooManyRequests",
+    "UnavailableEvent",
     "check_connection",
 ]

@@ -50,6 +50,9 @@ def detach(pool: ConnectionPool, conns: list[Any]) -> None:
 
 
 def _after_fork_in_child() -> None:
+    from .scheduler import SCHEDULER  # first: the pools schedule their tasks anew
+
+    SCHEDULER.reset()
     for pool in list(_pools):
         pool._after_fork_in_child()
 

@@ -36,6 +36,12 @@ def _enter(self: Any) -> Any:
     return self
 
 
+RETURNED = (
+    "this connection was returned to the pool (putconn) and may now be someone else's: "
+    "using it would run your statements in their session; check out a connection with "
+    "pool.getconn() (or `with pool.connection() as conn:`) and use it only until you return it")
+
+
 def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | None,
           tb: TracebackType | None) -> None:
     leave(self._pool, self, self._pool_with, exc_type)
@@ -81,11 +87,21 @@ def pooled_class(factory: type) -> type:
 
 @cache
 def _pooled_class(factory: type) -> type:
+    base_cursor = factory.cursor  # type: ignore[attr-defined]
+
+    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """psycopg2's ``cursor()``, refused once the connection was returned to the pool."""
+        rec = self._pool_rec
+        if self._pool._out.get(rec.conn_id) is not rec and not rec.hook:
+            raise PoolError(RETURNED)
+        return base_cursor(self, *args, **kwargs)
+
     return type(f"Pooled{factory.__name__}", (factory,), {
         "__slots__": ("_pool", "_pool_rec", "_pool_with"),
         "__module__": __name__,
         "__enter__": _enter,
         "__exit__": _exit,
+        "cursor": cursor,
         "__doc__": f"A {factory.__name__} opened by a psycopg2_pool pool; "
                    "``with conn:`` returns it to the pool.",
     })
@@ -93,5 +109,5 @@ def _pooled_class(factory: type) -> type:
 
 PooledConnection = pooled_class(extensions.connection)
 
-__all__ = ["RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "leave",
+__all__ = ["RETURNED", "RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "leave",
            "pooled_class"]

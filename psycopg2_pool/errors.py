@@ -35,4 +35,30 @@ class PoolExhausted(PoolError, psycopg2.OperationalError):
         self.timeout = timeout
 
 
-__all__ = ["PoolError", "PoolClosed", "PoolExhausted"]
+class TooManyRequests(PoolExhausted):
+    """``getconn`` was refused at once: ``max_waiting`` callers were already waiting.
+
+    psycopg_pool's name. Being a :class:`PoolExhausted`, it is also a ``PoolError`` and a
+    ``psycopg2.OperationalError``.
+    """
+
+
+class ServerUnavailable(psycopg2.OperationalError):
+    """``getconn`` waited ``timeout`` seconds and no connection could be opened.
+
+    The server refused or failed every attempt (``attempts`` of them, the last one's message
+    is in the text and in ``__cause__``), or did not answer in time. Not a ``PoolError``: the
+    pool is not misused, and code that caught psycopg2's ``OperationalError`` for a failed
+    connect keeps catching it. The pool goes on trying in the background.
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0, timeout: float = 0.0,
+                 attempts: int = 0, unavailable_for: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited
+        self.timeout = timeout
+        self.attempts = attempts
+        self.unavailable_for = unavailable_for
+
+
+__all__ = ["PoolClosed", "PoolError", "PoolExhausted", "ServerUnavailable", "TooManyRequests"]

@@ -30,9 +30,11 @@ class DiscardReason:
     FORK = "fork"  #: inherited through ``os.fork()``; detached in the child, never used
     GARBAGE_COLLECTED = "garbage_collected"  #: checked out, then dropped without putconn
     CLEARED = "cleared"  #: idle, closed by :meth:`ConnectionPool.clear`
+    FAILED_RESET = "failed_reset"  #: the ``reset`` callable raised, or left a transaction
+    RESIZED = "resized"  #: idle beyond a lower ``maxconn`` given to :meth:`ConnectionPool.resize`
 
     ALL = (BROKEN, IDLE_TIMEOUT, MAX_LIFETIME, CLOSED_BY_USER, FAILED_CHECK, POOL_CLOSED,
-           FORK, GARBAGE_COLLECTED, CLEARED)
+           FORK, GARBAGE_COLLECTED, CLEARED, FAILED_RESET, RESIZED)
 
 
 class ConnectEvent(NamedTuple):
@@ -83,6 +85,26 @@ class DiscardEvent(NamedTuple):
     age: float  #: seconds since it was opened
 
 
+class UnavailableEvent(NamedTuple):
+    """Opening connections started to fail: the server is down or unreachable.
+
+    Sent once per outage, at its first failed attempt; the pool then retries in the
+    background with a shared backoff until an attempt succeeds (:class:`RecoveredEvent`).
+    """
+
+    pool: ConnectionPool
+    error: BaseException  #: the first failure (libpq's message names no password)
+
+
+class RecoveredEvent(NamedTuple):
+    """A connection opened again after an outage (:class:`UnavailableEvent`)."""
+
+    pool: ConnectionPool
+    outage: float  #: seconds from the first failed attempt to this success
+    attempts: int  #: connection attempts that failed during the outage
+    error: BaseException | None  #: the last failure of the outage
+
+
 class CloseEvent(NamedTuple):
     """The pool was closed."""
 
@@ -112,12 +134,20 @@ class PoolListener:
     def on_discard(self, event: DiscardEvent) -> None:
         """A connection was closed by the pool, or collected while checked out."""
 
+    def on_unavailable(self, event: UnavailableEvent) -> None:
+        """Opening connections started to fail (once per outage)."""
+
+    def on_recovered(self, event: RecoveredEvent) -> None:
+        """A connection opened again after an outage."""
+
     def on_close(self, event: CloseEvent) -> None:
         """The pool was closed."""
 
 
 #: Listener method names, in the order the pool dispatches them.
-HOOKS = ("on_connect", "on_checkout", "on_checkin", "on_timeout", "on_discard", "on_close")
+HOOKS = ("on_connect", "on_checkout", "on_checkin", "on_timeout", "on_discard", "on_unavailable",
+         "on_recovered", "on_close")
 
 __all__ = ["CheckinEvent", "CheckoutEvent", "CloseEvent", "ConnectEvent", "DiscardEvent",
-           "DiscardReason", "HOOKS", "PoolListener", "TimeoutEvent"]
+           "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent", "TimeoutEvent",
+           "UnavailableEvent"]

@@ -1,9 +1,14 @@
-"""The connection pool.
+"""The connection pool: checkout, return, waiting and hand-over.
 
 One implementation, thread-safe: a single lock guards the bookkeeping and is never held
 across I/O (connecting, rolling back, closing, health checks). Callers that find the pool
-exhausted queue in arrival order and are handed a connection (or a free slot to open one)
-directly by ``putconn``, so nobody barges ahead of a waiter.
+exhausted queue in arrival order and are handed a connection directly by ``putconn`` or by
+a background open, so nobody barges ahead of a waiter.
+
+Callers never open connections when they may wait (``timeout > 0``) and never prune: that
+upkeep runs in the background (:mod:`psycopg2_pool.upkeep`). When connects fail, waiting
+callers keep waiting while one attempt at a time retries (:mod:`psycopg2_pool.reconnect`),
+until their own timeout passes.
 
 The pool holds idle connections strongly and checked-out ones only weakly: a connection the
 application drops without ``putconn`` is garbage-collected, closed by psycopg2, reported as a
@@ -26,11 +31,12 @@ from types import TracebackType
 from typing import Any
 
 from . import _forking
+from . import options as _options
 from ._driver import extensions, psycopg2
 from ._watchdog import WATCHDOG
 from .connection import leave, pooled_class
 from .dsn import default_pool_name, parse_options
-from .errors import PoolClosed, PoolError, PoolExhausted
+from .errors import PoolClosed, PoolError, PoolExhausted, ServerUnavailable, TooManyRequests
 from .events import (
     HOOKS,
     CheckinEvent,
@@ -40,8 +46,14 @@ from .events import (
     DiscardEvent,
     DiscardReason,
     PoolListener,
+    RecoveredEvent,
     TimeoutEvent,
+    UnavailableEvent,
 )
+from .options import connect_timeout_default, count, optional_seconds, seconds, sizes
+from .reconnect import NOT_ANSWERING, Backoff
+from .scheduler import SCHEDULER
+from .upkeep import OpenConnection, PruneIdle, RetireExpired
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -64,6 +76,7 @@ class _Record:
         "conn_id",
         "created",
         "expires",
+        "hook",
         "key",
         "pool_ref",
         "ref",
@@ -82,6 +95,7 @@ class _Record:
         self.since = 0.0  # time of the last checkout
         self.returned_at = 0.0  # time it last became idle (slow checkout path only)
         self.key: Hashable | None = None
+        self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
     def _collected(self, _ref: weakref.ref[Any]) -> None:
         pool = self.pool_ref()
@@ -90,40 +104,27 @@ class _Record:
 
 
 class _Waiter:
-    """A getconn queued for a connection; ``putconn`` fills one field and releases ``lock``."""
+    """A getconn queued for a connection; ``putconn`` or an open fills a field and releases
+    ``lock``."""
 
-    __slots__ = ("conn", "error", "lock", "slot")
+    __slots__ = ("conn", "error", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
         self.conn: Connection = None  # a strong reference: the giver may drop its own
-        self.slot = False  # True: a slot was freed for this waiter to open a connection
         self.error: BaseException | None = None
-
-
-def _seconds(name: str, value: Any, *, positive: bool = False, optional: bool = False) -> float:
-    """Validate a duration argument: a real number of seconds, not NaN, not negative."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        accepted = "a number of seconds or None" if optional else "a number of seconds"
-        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}")
-    if math.isnan(value):
-        raise ValueError(f"{name} must be a number of seconds, got NaN")
-    if value < 0 or (positive and value == 0):
-        hint = "; pass None for no limit" if positive and optional else ""
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, "
-                         f"got {value!r}{hint}")
-    return float(value)
-
-
-def _optional_seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
-    return None if value is None else _seconds(name, value, positive=positive, optional=True)
 
 
 def _closed_reason(conn: Connection) -> str:
     """Why an unusable connection goes: psycopg2 sets ``closed`` to 1 after ``close()``, to 2
     when the session was lost (server gone, backend terminated)."""
     return DiscardReason.CLOSED_BY_USER if conn.closed == 1 else DiscardReason.BROKEN
+
+
+def _one_line(error: BaseException | None) -> str:
+    """libpq's message on one line (it names host, port and user, never the password)."""
+    return " ".join(str(error).split()) if error is not None else "no error"
 
 
 def check_connection(conn: Connection) -> None:
@@ -153,25 +154,14 @@ class ConnectionPool:
                  *, timeout: float = 0.0, max_lifetime: float | None = None,
                  check_idle_after: float | None = None,
                  check: Callable[[Connection], object] | None = None,
-                 io_timeout: float | None = 5.0,
+                 io_timeout: float | None = 5.0, max_waiting: int = 0,
+                 configure: Callable[[Connection], object] | None = None,
+                 reset: Callable[[Connection], object] | None = None,
                  name: str | None = None, **connect_kwargs: Any) -> None:
-        if isinstance(minconn, bool) or not isinstance(minconn, int):
-            raise TypeError(f"minconn must be an int, got {type(minconn).__name__}")
-        if minconn < 0:
-            raise ValueError(f"minconn must be >= 0, got {minconn}")
-        if isinstance(maxconn, bool) or not isinstance(maxconn, (int, float)) or (
-                isinstance(maxconn, float) and maxconn != _INF):
-            shown = repr(maxconn) if isinstance(maxconn, (int, float)) else (
-                type(maxconn).__name__)  # a str may be a DSN with a password: never quote it
-            raise TypeError(f"maxconn must be an int (or float('inf') for no limit), "
-                            f"got {shown}")
-        if maxconn < 1:
-            raise ValueError(f"maxconn must be >= 1, got {maxconn}")
-        if minconn > maxconn:
-            raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
-        if check is not None and not callable(check):
-            raise TypeError(f"check must be a callable taking a connection, "
-                            f"got {type(check).__name__}")
+        sizes(minconn, maxconn)
+        _options.hook("check", check)
+        _options.hook("configure", configure)
+        _options.hook("reset", reset)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("name must be a non-empty str")
         if connect_kwargs.get("async") or connect_kwargs.get("async_"):
@@ -187,16 +177,23 @@ class ConnectionPool:
 
         self.minconn = minconn
         self.maxconn = maxconn
+        self._generation = 0  # of the periodic upkeep tasks (see _start_upkeep)
+        self._closed = False
         self.idle_timeout = idle_timeout
         self.timeout = timeout
-        self.max_lifetime = _optional_seconds("max_lifetime", max_lifetime, positive=True)
+        self.max_lifetime = optional_seconds("max_lifetime", max_lifetime, positive=True)
         self.check_idle_after = check_idle_after
         if check is not None and check_idle_after is None:
             self.check_idle_after = 0.0
         self.check = check if check is not None else check_connection
-        #: Seconds the pool's own round trips (``check``, rollback on return) may take before
-        #: the connection is deemed broken: its socket is shut down and it is discarded.
-        self.io_timeout = _optional_seconds("io_timeout", io_timeout, positive=True)
+        #: Seconds the pool's own round trips (``check``, rollback and ``reset`` on return)
+        #: may take before the connection is deemed broken: its socket is shut down and it
+        #: is discarded.
+        self.io_timeout = optional_seconds("io_timeout", io_timeout, positive=True)
+        #: Callers that may wait at once; the next is refused with TooManyRequests (0: any).
+        self.max_waiting = count("max_waiting", max_waiting)
+        self._configure = configure  # called on each new connection before first use
+        self._reset_hook = reset  # called on each return of a connection that is kept
         self.connect_kwargs = connect_kwargs
         self.name = name or default_pool_name(options)
 
@@ -208,15 +205,25 @@ class ConnectionPool:
         self._self_ref = weakref.ref(self)
         self._connect_args = {k: v for k, v in connect_kwargs.items()
                               if k != "connection_factory"}
+        self._connect_args.update(connect_timeout_default(options))
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
+        self._opened = threading.Condition(self._lock)  # notified when a connection opens
         self._out: dict[int, _Record] = {}  # checked-out connections, by id()
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
         self._collected: deque[_Record] = deque()
-        self._size = 0  # open connections + connections being opened
-        self._opening = 0
-        self._closed = False
+        self._size = 0  # open connections + slots reserved for opening one
+        self._opening = 0  # reserved slots: queued, connecting or parked
+        self._connecting = 0  # attempts in progress (any thread)
+        self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
+        self._attempt_ids = itertools.count()
+        self._parked = 0  # reserved slots waiting for the reconnect attempt of an outage
+        self._retry_scheduled = False
+        self._backoff = Backoff()
+        self._starting = True  # __init__ opens minconn itself and raises on failure
+        self._slow_return = reset is not None  # putconn must take its slow path
+        self._reset_failed_logged = False
         self._requests = itertools.count()  # next() is atomic: no lock on the fast path
         self._returns = itertools.count()
         self._stats: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
@@ -227,18 +234,23 @@ class ConnectionPool:
         self._on_checkin: tuple[Callable[[Any], None], ...] = ()
         self._on_timeout: tuple[Callable[[Any], None], ...] = ()
         self._on_discard: tuple[Callable[[Any], None], ...] = ()
+        self._on_unavailable: tuple[Callable[[Any], None], ...] = ()
+        self._on_recovered: tuple[Callable[[Any], None], ...] = ()
         self._on_close: tuple[Callable[[Any], None], ...] = ()
         _forking.track(self)
+        SCHEDULER.register(self)
 
         try:
             for _ in range(minconn):
                 with self._lock:
                     self._size += 1
                     self._opening += 1
-                self._open(idle=True)
+                self._open_inline(idle=True)
         except BaseException:
             self.close()
             raise
+        self._starting = False
+        self._start_upkeep()
 
     @property
     def timeout(self) -> float:
@@ -247,7 +259,7 @@ class ConnectionPool:
 
     @timeout.setter
     def timeout(self, value: float) -> None:
-        self._timeout = _seconds("timeout", value)  # NaN would make a waiter loop forever
+        self._timeout = seconds("timeout", value)  # NaN would make a waiter loop forever
 
     @property
     def idle_timeout(self) -> float | None:
@@ -256,8 +268,10 @@ class ConnectionPool:
 
     @idle_timeout.setter
     def idle_timeout(self, value: float | None) -> None:
-        self._idle_timeout = _optional_seconds("idle_timeout", value)
+        self._idle_timeout = optional_seconds("idle_timeout", value)
         self._update_limits()
+        if not getattr(self, "_starting", True):
+            self._start_upkeep()  # a new limit: prune on its schedule from now on
 
     @property
     def check_idle_after(self) -> float | None:
@@ -266,7 +280,7 @@ class ConnectionPool:
 
     @check_idle_after.setter
     def check_idle_after(self, value: float | None) -> None:
-        self._check_idle_after = _optional_seconds("check_idle_after", value)
+        self._check_idle_after = optional_seconds("check_idle_after", value)
         self._update_limits()
 
     def _update_limits(self) -> None:
@@ -282,13 +296,15 @@ class ConnectionPool:
     def getconn(self, key: Hashable | None = None, *, timeout: float | None = None) -> Connection:
         """Check a connection out of the pool.
 
-        Reuses the most recently returned idle connection, else opens one while fewer than
-        ``maxconn`` are open, else waits up to ``timeout`` seconds (the pool's ``timeout``
-        when not given) for one to be returned, then raises :class:`PoolExhausted`.
+        Reuses the most recently returned idle connection, else waits up to ``timeout``
+        seconds (the pool's ``timeout`` when not given) for one to be returned or opened in
+        the background while fewer than ``maxconn`` are open, then raises
+        :class:`PoolExhausted` (all in use) or :class:`ServerUnavailable` (none could be
+        opened). With ``timeout=0`` it opens one itself, or fails at once.
         ``key`` (psycopg2.pool's) returns the connection already checked out under that key.
         """
         if timeout is not None:  # before anything is counted or handed out
-            timeout = _seconds("timeout", timeout)
+            timeout = seconds("timeout", timeout)
         if key is None and not self._waiters and not self._closed:
             try:
                 conn = self.idle_connections.pop()
@@ -321,9 +337,10 @@ class ConnectionPool:
     def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
         """Return a connection to the pool.
 
-        An open transaction is rolled back; a closed or broken connection is discarded, as is
-        one past ``max_lifetime`` or returned with ``close=True``. Connections idle past
-        ``idle_timeout`` are closed, and the pool is refilled to ``minconn``.
+        An open transaction is rolled back and ``reset`` is called; a closed or broken
+        connection is discarded, as is one past ``max_lifetime`` or returned with
+        ``close=True``. It never opens a connection: refilling to ``minconn`` and closing
+        idle connections happen in the background.
         """
         rec = self._out.pop(id(conn), None)  # atomic: of two racing returns, one wins
         if rec is None or rec.ref() is not conn or key is not None or rec.key is not None:
@@ -331,8 +348,8 @@ class ConnectionPool:
         next(self._returns)
         now = monotonic()
         if close or conn.get_transaction_status() or now >= rec.expires or self._waiters \
-                or self._closed or (self._idle_zero
-                                    and len(self.idle_connections) >= self.minconn):
+                or self._slow_return or (self._idle_zero
+                                         and len(self.idle_connections) >= self.minconn):
             self._putconn_slow(conn, rec, now, close)
             return
         listeners = self._on_checkin
@@ -344,22 +361,73 @@ class ConnectionPool:
                 except Exception:  # noqa: BLE001 - a listener must never break the pool
                     self._listener_failed(method)
         self.return_times[conn] = now
-        idle = self.idle_connections
-        idle.append(conn)
+        self.idle_connections.append(conn)
         if self._waiters or self._closed:  # a waiter or close() came in meanwhile
             self._hand_over_idle()
-            return
-        try:
-            oldest = idle[0]
-        except IndexError:  # emptied by a concurrent getconn
-            return
-        if now - self.return_times.get(oldest, now) > self._idle_limit \
-                or self._size < self.minconn:
-            self._maintain(now)
 
     def connection(self, timeout: float | None = None) -> _ConnectionContext:
         """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
         return _ConnectionContext(self, timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``minconn`` connections are open: a readiness check for start-up.
+
+        Raises :class:`ServerUnavailable` when they are not open within ``timeout`` seconds
+        (the pool keeps trying), :class:`PoolClosed` on a closed pool.
+        """
+        timeout = seconds("timeout", timeout)
+        deadline = monotonic() + timeout
+        with self._opened:
+            self._ensure_opening()
+            while True:
+                if self._closed:
+                    raise self._closed_error()
+                opened = self._size - self._opening
+                if opened >= self.minconn:
+                    return
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                self._opened.wait(remaining)
+            failing = self._backoff.failing
+            error = self._backoff.last_error
+            attempts = self._backoff.failures
+            unavailable = self._backoff.unavailable_for(monotonic())
+        cause = (f"{attempts} attempt(s) failed, the last with: {_one_line(error)}" if failing
+                 else "the server has not answered yet")
+        raise ServerUnavailable(
+            f"pool {self.name!r} opened {opened} of minconn={self.minconn} connections within "
+            f"{timeout:g} s: {cause}. The pool keeps trying in the background; check that the "
+            f"server is up and reachable", waited=timeout, timeout=timeout, attempts=attempts,
+            unavailable_for=unavailable) from error
+
+    def resize(self, minconn: int | None = None, maxconn: float | None = None) -> None:
+        """Change ``minconn`` and/or ``maxconn`` of a live pool.
+
+        A higher ``minconn`` opens connections in the background; a lower ``maxconn`` closes
+        idle connections beyond it now and checked-out ones as they are returned.
+        """
+        new_min = self.minconn if minconn is None else minconn
+        new_max = self.maxconn if maxconn is None else maxconn
+        sizes(new_min, new_max)
+        to_close = []
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self.minconn, self.maxconn = new_min, new_max
+            while self._size > self.maxconn and self.idle_connections:
+                try:
+                    conn = self.idle_connections.popleft()
+                except IndexError:  # a lock-free getconn emptied it meanwhile
+                    break
+                self.return_times.pop(conn, None)
+                self._size -= 1
+                to_close.append(conn)
+            self._update_slow_return()
+            self._ensure_opening()
+        now = monotonic()
+        for conn in to_close:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.RESIZED, now)
 
     def clear(self) -> None:
         """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
@@ -372,18 +440,28 @@ class ConnectionPool:
     def close(self) -> None:
         """Close the pool: idle connections now, checked-out ones when they are returned.
 
-        Idempotent. Queued ``getconn`` calls fail with :class:`PoolClosed`, as do later ones.
+        Idempotent. Queued ``getconn`` calls fail with :class:`PoolClosed`, as do later ones;
+        background tasks stop.
         """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._slow_return = True
             conns = self._take_idle()
+            # Slots reserved for opens that have not started are given back now; attempts
+            # in progress give back their own when they end.
+            unstarted = self._opening - self._connecting
+            self._size -= unstarted
+            self._opening -= unstarted
+            self._parked = 0
             in_use = self._size
             while self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.error = self._closed_error()
                 waiter.lock.release()
+            self._opened.notify_all()
+        SCHEDULER.unregister(self)
         _forking.untrack(self)
         now = monotonic()
         for conn in conns:
@@ -421,6 +499,7 @@ class ConnectionPool:
                 "requests_waiting": len(self._waiters),
                 "requests": _count(self._requests),
                 "returns": _count(self._returns),
+                "unavailable_s": round(self._backoff.unavailable_for(monotonic()), 6),
             }
             counters = dict(self._stats)
             discards = dict(self._discards)
@@ -469,7 +548,8 @@ class ConnectionPool:
 
     def _getconn_slow(self, key: Hashable | None, timeout: float | None, *,
                       counted: bool) -> Connection:
-        """Checkout when no idle connection is at hand: open, wait, or fail."""
+        """Checkout when no idle connection is at hand: wait (for a return or a background
+        open), open one here (``timeout=0``), or fail."""
         if key is not None:
             return self._getconn_keyed(key, timeout)
         if not counted:
@@ -487,21 +567,25 @@ class ConnectionPool:
                     self._drain_collected()
                 if self.idle_connections and not self._waiters:
                     conn = self._take_one_idle()
-                elif self._size < self.maxconn:
+                elif limit <= 0:  # may not wait: open one here, as psycopg2-pool 1.2 did
+                    if self._size >= self.maxconn:
+                        self._stats["exhausted"] += 1
+                        raise self._exhausted(monotonic(), 0.0)
                     self._size += 1
                     self._opening += 1
                     conn = None
                 else:
                     if not started:
                         started = monotonic()
-                        self._stats["exhausted"] += 1
+                        if self._size >= self.maxconn:
+                            self._stats["exhausted"] += 1
                     conn = self._wait(started, limit)
-                    handed_over = conn is not None
+                    handed_over = True
             # Outside the lock from here on: listeners may use the pool.
-            if handed_over:  # by putconn: already reset and checked
+            if handed_over:  # by putconn or a background open: already reset and checked
                 return self._checked_out(conn, started)
             if conn is None:
-                return self._checked_out(self._open(idle=False), started)
+                return self._checked_out(self._open_inline(idle=False), started)
             rec = conn._pool_rec
             reason = self._unusable(conn, rec, rec.since, rec.returned_at)
             if reason is None:
@@ -545,14 +629,15 @@ class ConnectionPool:
     def _wait(self, started: float, timeout: float) -> Connection:
         """Queue for a connection; called and returns with the lock held.
 
-        Returns the handed-over connection, or None when a slot was handed over instead.
+        Returns the connection handed over by ``putconn`` or by a background open.
         """
         lock = self._lock
-        if timeout <= 0:
-            raise self._exhausted(started, timeout)
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            raise self._refused()
         waiter = _Waiter()
         self._waiters.append(waiter)
         self._stats["waits"] += 1
+        self._ensure_opening()  # room in the pool: a background open serves the queue
         deadline = started + timeout
         try:
             while True:
@@ -564,17 +649,19 @@ class ConnectionPool:
                     got = remaining > 0 and waiter.lock.acquire(timeout=min(remaining, 1.0))
                 finally:
                     lock.acquire()
-                if got or waiter.conn is not None or waiter.slot or waiter.error is not None:
+                if got or waiter.conn is not None or waiter.error is not None:
                     break
                 if self._collected:
                     self._drain_collected()
                     continue
                 if monotonic() >= deadline:
                     self._waiters.remove(waiter)
-                    raise self._exhausted(started, timeout)
+                    self._trim_opening()
+                    raise self._timed_out(started, timeout)
         except BaseException:  # timed out, or interrupted: leave nothing behind (lock held)
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+                self._trim_opening()
             elif waiter.conn is not None:  # served at the last moment: pass it on
                 conn, rec = waiter.conn, waiter.conn._pool_rec
                 if self._waiters:
@@ -583,15 +670,40 @@ class ConnectionPool:
                     self._out.pop(rec.conn_id, None)
                     self.return_times[conn] = monotonic()
                     self.idle_connections.append(conn)
-            elif waiter.slot:
-                self._opening -= 1
-                self._free_slot()
             raise
         finally:
             self._stats["wait_time"] += monotonic() - started
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _timed_out(self, started: float, timeout: float) -> psycopg2.OperationalError:
+        """The error of a waiter whose timeout passed (lock held): the server could not be
+        reached (connects failing, or not answering), else the pool is exhausted."""
+        backoff = self._backoff
+        now = monotonic()
+        oldest = min(self._attempts.values(), default=now)
+        if not backoff.failing and now - oldest < NOT_ANSWERING:
+            return self._exhausted(started, timeout)  # connects work, if slower than timeout
+        waited = now - started
+        self._stats["timeouts"] += 1
+        if backoff.failing:
+            cause = (f"{backoff.failures} connection attempt(s) failed over the last "
+                     f"{backoff.unavailable_for(now):.3g} s, the last with: "
+                     f"{_one_line(backoff.last_error)}")
+        else:
+            bound = self._connect_args.get("connect_timeout", "no")
+            cause = (f"the server has not answered a connection attempt for {now - oldest:.3g} s "
+                     f"(connect_timeout={bound} s)")
+        error = ServerUnavailable(
+            f"could not connect to the server of pool {self.name!r}: {cause}. getconn() waited "
+            f"{waited:.3g} s (timeout={timeout:g} s); the pool keeps trying in the background. "
+            f"Check that the server is up and reachable, or pass timeout= to wait longer.",
+            waited=waited, timeout=timeout, attempts=backoff.failures,
+            unavailable_for=backoff.unavailable_for(now))
+        error.__cause__ = backoff.last_error
+        self._announce_timeout(TimeoutEvent(self, waited, timeout, error))
+        return error
 
     def _exhausted(self, started: float, timeout: float) -> PoolExhausted:
         """Build the exhaustion error (lock held) and announce it (listeners run unlocked)."""
@@ -607,13 +719,29 @@ class ConnectionPool:
             f"{wait_text}. Return every connection (use `with pool.connection() as conn:` "
             f"or putconn() in a finally block), raise maxconn, or pass timeout= to wait longer.",
             maxconn=self.maxconn, in_use=in_use, waited=waited, timeout=timeout)
+        self._announce_timeout(TimeoutEvent(self, waited, timeout, error))
+        return error
+
+    def _refused(self) -> TooManyRequests:
+        """The error of a caller refused because ``max_waiting`` wait already (lock held)."""
+        in_use = self._size - len(self.idle_connections) - self._opening
+        self._stats["requests_refused"] += 1
+        error = TooManyRequests(
+            f"the pool {self.name!r} refused the request: max_waiting={self.max_waiting} "
+            f"requests are already waiting for a connection (maxconn={self.maxconn:g}, "
+            f"{in_use} in use). Retry later, shed load, or raise max_waiting or maxconn.",
+            maxconn=self.maxconn, in_use=in_use, waited=0.0, timeout=self._timeout)
+        self._announce_timeout(TimeoutEvent(self, 0.0, self._timeout, error))
+        return error
+
+    def _announce_timeout(self, event: TimeoutEvent) -> None:
+        """Send ``on_timeout`` (lock held: released around the listeners)."""
         if self._on_timeout:
             self._lock.release()
             try:
-                self._emit(self._on_timeout, TimeoutEvent(self, waited, timeout, error))
+                self._emit(self._on_timeout, event)
             finally:
                 self._lock.acquire()
-        return error
 
     def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
         """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
@@ -676,27 +804,47 @@ class ConnectionPool:
             reason = DiscardReason.MAX_LIFETIME
         if reason is None and self._closed:
             reason = DiscardReason.POOL_CLOSED
+        if reason is None and self._size > self.maxconn:
+            reason = DiscardReason.RESIZED
         if reason is None and self._idle_zero and len(self.idle_connections) >= self.minconn:
             reason = DiscardReason.IDLE_TIMEOUT
+        if reason is None and self._reset_hook is not None:
+            reason = self._run_reset(conn, rec)
         if self._on_checkin:  # before anyone else can check it out: events stay in order
             self._emit(self._on_checkin, CheckinEvent(self, conn, now - rec.since,
                                                       reason is None, reason))
-        to_close: list[Connection] = []
         with self._lock:
             if reason is None and self._closed:  # close() ran since the check above
                 reason = DiscardReason.POOL_CLOSED
             if reason is not None:
                 self._free_slot()
+                self._update_slow_return()
             elif self._waiters:
                 self._hand_over(conn, rec, now)
             else:
                 self.return_times[conn] = now
                 self.idle_connections.append(conn)
-                to_close = self._prune_idle(now)
-            refill = self._reserve_refill()
         if reason is not None:
             self._close_connection(conn, rec, reason, now)
-        self._finish(now, to_close, refill)
+
+    def _run_reset(self, conn: Connection, rec: _Record) -> str | None:
+        """Call the ``reset`` hook on a returned connection; the discard reason if it fails."""
+        rec.hook = True
+        try:
+            self._bounded(self._reset_hook, conn)  # type: ignore[arg-type]
+            if conn.get_transaction_status() == _IDLE:
+                return None
+            problem = "left a transaction open"
+        except Exception as exc:  # noqa: BLE001 - a connection that cannot be reset goes
+            problem = f"raised {type(exc).__name__}"
+        finally:
+            rec.hook = False
+        if not self._reset_failed_logged:  # once per pool: discard events count the rest
+            self._reset_failed_logged = True
+            logger.warning("pool %r: the reset callable %s; the connection was discarded "
+                           "(reported once; see the discarded_failed_reset statistic)",
+                           self.name, problem)
+        return DiscardReason.FAILED_RESET
 
     def _hand_over(self, conn: Connection, rec: _Record, now: float) -> None:
         """Give a checked-in (or new) connection to the first waiter (lock held)."""
@@ -718,18 +866,10 @@ class ConnectionPool:
         for conn in conns:
             self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
 
-    def _maintain(self, now: float) -> None:
-        """Close connections idle past ``idle_timeout``, then refill to ``minconn``."""
-        with self._lock:
-            to_close = self._prune_idle(now)
-            refill = self._reserve_refill()
-        self._finish(now, to_close, refill)
-
-    def _finish(self, now: float, to_close: list[Connection], refill: int) -> None:
-        for old in to_close:
-            self._close_connection(old, old._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
-        if refill:
-            self._refill(refill)
+    def _update_slow_return(self) -> None:
+        """Whether every ``putconn`` must take the slow path (lock held)."""
+        self._slow_return = (self._closed or self._reset_hook is not None
+                             or self._size > self.maxconn)
 
     def _reset(self, conn: Connection, status: int) -> str | None:
         """Roll back a connection returned inside a transaction; the discard reason if it fails."""
@@ -795,70 +935,206 @@ class ConnectionPool:
         self._size -= len(conns)
         return conns
 
-    # -- opening and closing -----------------------------------------------------------------
+    # -- opening -----------------------------------------------------------------------------
+    # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
+    # slots are _opening; each is queued as an OpenConnection task, connecting, or parked
+    # while connects fail (one reconnect attempt at a time is scheduled for all of them).
 
-    def _reserve_refill(self) -> int:
-        """Reserve the slots needed to get back to ``minconn`` (lock held)."""
-        missing = self.minconn - self._size
-        if missing <= 0 or self._closed:
-            return 0
-        self._size += missing
-        self._opening += missing
-        return missing
+    def _excess(self) -> int:
+        """Reserved slots beyond what waiters and ``minconn`` need (lock held; may be < 0)."""
+        open_now = self._size - self._opening
+        needed = len(self._waiters) + max(0, self.minconn - open_now)
+        return self._opening - needed
 
-    def _refill(self, count: int) -> None:
-        """Open ``count`` reserved idle connections; failures are reported, not raised."""
-        for done in range(count):
-            try:
-                self._open(idle=True)
-            except Exception:  # noqa: BLE001 - already counted and announced by _open
-                with self._lock:
-                    for _ in range(count - done - 1):
-                        self._opening -= 1
-                        self._free_slot()
-                return
+    def _ensure_opening(self) -> None:
+        """Reserve and start the opens that waiters and ``minconn`` need (lock held)."""
+        if self._closed or self._starting:
+            return
+        missing = min(-self._excess(), self.maxconn - self._size)
+        if missing <= 0:
+            return
+        for _ in range(int(missing)):
+            self._size += 1
+            self._opening += 1
+            if self._backoff.failing:
+                self._parked += 1
+            else:
+                SCHEDULER.call_soon(OpenConnection(self))
+        self._schedule_retry()
 
-    def _open(self, *, idle: bool) -> Connection:
-        """Open a connection in a reserved slot; on failure give the slot back and raise."""
-        started = monotonic()
-        try:
-            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
-        except BaseException as exc:
-            duration = monotonic() - started
-            with self._lock:
+    def _trim_opening(self) -> None:
+        """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
+        while self._parked and self._excess() > 0:
+            self._parked -= 1
+            self._opening -= 1
+            self._size -= 1
+
+    def _schedule_retry(self) -> None:
+        """While connects fail: one reconnect attempt, when the backoff allows (lock held)."""
+        if self._parked and not self._retry_scheduled:
+            self._retry_scheduled = True
+            SCHEDULER.call_at(self._backoff.next_attempt,
+                              OpenConnection(self, reconnect=True))
+
+    def _open_reserved(self, *, reconnect: bool) -> None:
+        """The body of the OpenConnection task: open into a reserved slot, on a worker."""
+        with self._lock:
+            if reconnect:
+                self._retry_scheduled = False
+                if self._closed or not self._parked:
+                    return
+                self._parked -= 1
+            elif self._closed:
+                return  # close() gave the slot back
+            if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
                 self._opening -= 1
-                self._stats["connections_errors"] += 1
+                self._size -= 1
+                return
+            self._connecting += 1
+        try:
+            conn = self._attempt()
+        except BaseException:  # noqa: BLE001 - counted and announced by _attempt
+            with self._lock:
+                self._connecting -= 1
+                if self._closed or self._excess() > 0:
+                    self._opening -= 1
+                    self._size -= 1
+                else:  # still needed: wait for the next attempt of the outage
+                    self._parked += 1
+                    self._schedule_retry()
+            return
+        now = monotonic()
+        rec = conn._pool_rec
+        with self._lock:
+            self._connecting -= 1
+            self._opening -= 1
+            rec.since = now
+            closed = self.closed  # the property: close() may have run during the attempt
+            if closed:
+                self._size -= 1
+            else:
+                self._place(conn, rec, now)
+            self._opened.notify_all()
+        if closed:
+            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+
+    def _open_inline(self, *, idle: bool) -> Connection:
+        """Open into a slot reserved by this thread (``__init__``, ``timeout=0`` checkouts);
+        on failure give the slot back and raise psycopg2's error."""
+        with self._lock:
+            self._connecting += 1
+        try:
+            conn = self._attempt()
+        except BaseException:
+            with self._lock:
+                self._connecting -= 1
+                self._opening -= 1
                 self._free_slot()
-            if self._on_connect:
-                self._emit(self._on_connect, ConnectEvent(self, None, duration, exc))
             raise
         now = monotonic()
-        expires = _INF if self.max_lifetime is None else (
-            now + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
-        rec = _Record(self, conn, now, expires)
-        conn._pool = self
-        conn._pool_rec = rec
-        if self._on_connect:  # before anyone can check it out: events stay in order
-            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
+        rec = conn._pool_rec
         close = False
         with self._lock:
+            self._connecting -= 1
             self._opening -= 1
-            self._stats["connections_num"] += 1
-            self._stats["connect_time"] += now - started
             rec.since = now
             if self._closed and idle:
                 close = True
                 self._size -= 1
-            elif idle and not self._waiters:
-                self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
-                self.idle_connections.append(conn)
-            elif idle:  # opened for the pool, but somebody is waiting: serve them
-                self._hand_over(conn, rec, now)
+            elif idle:
+                self._place(conn, rec, now)
             else:
                 self._out[rec.conn_id] = rec
+            self._opened.notify_all()
         if close:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
         return conn
+
+    def _place(self, conn: Connection, rec: _Record, now: float) -> None:
+        """A new connection for the pool: to the first waiter, else idle (lock held)."""
+        if self._waiters:
+            self._hand_over(conn, rec, now)
+        else:
+            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
+            self.idle_connections.append(conn)
+
+    def _attempt(self) -> Connection:
+        """One connection attempt, outside the lock: connect, then ``configure``.
+
+        Counts it, sends ``on_connect`` (and ``on_unavailable``/``on_recovered`` when an
+        outage begins or ends) and keeps the backoff; the caller owns the slot.
+        """
+        started = monotonic()
+        attempt = next(self._attempt_ids)
+        self._attempts[attempt] = started
+        try:
+            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
+        except BaseException as exc:
+            self._attempt_failed(exc, started)
+            raise
+        finally:
+            self._attempts.pop(attempt, None)
+        created = monotonic()
+        expires = _INF if self.max_lifetime is None else (
+            created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
+        rec = _Record(self, conn, created, expires)
+        conn._pool = self
+        conn._pool_rec = rec
+        if self._configure is not None:
+            try:
+                self._run_configure(conn, rec)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._attempt_failed(exc, started)
+                raise
+        now = monotonic()
+        if self._on_connect:  # before anyone can check it out: events stay in order
+            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
+        with self._lock:
+            self._stats["connections_num"] += 1
+            self._stats["connect_time"] += now - started
+            ended = self._backoff.succeeded(now)
+            if ended is not None:  # the outage is over: every parked slot opens now
+                self._retry_scheduled = False
+                while self._parked:
+                    self._parked -= 1
+                    SCHEDULER.call_soon(OpenConnection(self))
+        if ended is not None:
+            outage, attempts, error = ended
+            logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
+                           self.name, outage, attempts)
+            if self._on_recovered:
+                self._emit(self._on_recovered, RecoveredEvent(self, outage, attempts, error))
+        return conn
+
+    def _run_configure(self, conn: Connection, rec: _Record) -> None:
+        """Call ``configure`` on a new connection; it must leave no transaction open."""
+        rec.hook = True
+        try:
+            self._configure(conn)  # type: ignore[misc]
+        finally:
+            rec.hook = False
+        status = conn.get_transaction_status()
+        if status != _IDLE:
+            raise PoolError(f"the configure callable left the new connection in a transaction "
+                            f"(status {status}); commit it, or set autocommit, inside configure")
+
+    def _attempt_failed(self, exc: BaseException, started: float) -> None:
+        now = monotonic()
+        with self._lock:
+            self._stats["connections_errors"] += 1
+            began = self._backoff.failed(now, exc)
+            if began:
+                self._stats["outages"] += 1
+        if self._on_connect:
+            self._emit(self._on_connect, ConnectEvent(self, None, now - started, exc))
+        if began and not self._starting:  # once per outage, not once per attempt
+            logger.warning("pool %r: cannot open connections (%s: %s); callers that may wait "
+                           "keep waiting while the pool retries in the background",
+                           self.name, type(exc).__name__, _one_line(exc))
+            if self._on_unavailable:
+                self._emit(self._on_unavailable, UnavailableEvent(self, exc))
 
     def _discard(self, conn: Connection, rec: _Record, reason: str) -> None:
         """Drop a checked-out connection that failed its checkout checks."""
@@ -868,14 +1144,66 @@ class ConnectionPool:
         self._close_connection(conn, rec, reason, monotonic())
 
     def _free_slot(self) -> None:
-        """A connection left the pool: hand its slot to the first waiter, if any (lock held)."""
-        if self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.slot = True
-            self._opening += 1
-            waiter.lock.release()
-        else:
-            self._size -= 1
+        """A connection left the pool; open another in the background if waiters or
+        ``minconn`` need it (lock held)."""
+        self._size -= 1
+        self._ensure_opening()
+
+    # -- background upkeep (run by the tasks of psycopg2_pool.upkeep) -----------------------
+
+    def _start_upkeep(self) -> None:
+        """(Re)start the periodic tasks; an older chain sees its generation is stale."""
+        with self._lock:
+            if self._closed:
+                return
+            self._generation += 1
+            generation = self._generation
+        now = monotonic()
+        if self._idle_limit < _INF:
+            SCHEDULER.call_at(now + self._idle_limit, PruneIdle(self, generation))
+        if self.max_lifetime is not None:
+            SCHEDULER.call_at(now + self.max_lifetime * 0.9, RetireExpired(self, generation))
+
+    def _prune_idle_due(self, generation: int) -> float | None:
+        """PruneIdle: close what is idle past ``idle_timeout``; when to run next."""
+        limit = self._idle_limit
+        if generation != self._generation or self._closed or limit == _INF:
+            return None
+        now = monotonic()
+        with self._lock:
+            to_close = self._prune_idle(now)
+            self._ensure_opening()  # psycopg2-pool 1.2: then refill to minconn
+            oldest = self.return_times.get(self.idle_connections[0], now) \
+                if self.idle_connections else now
+        for conn in to_close:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
+        return oldest + limit + 0.005  # just past the moment the oldest one expires
+
+    def _retire_expired_due(self, generation: int) -> float | None:
+        """RetireExpired: close idle connections past their lifetime and replace them."""
+        lifetime = self.max_lifetime
+        if generation != self._generation or self._closed or lifetime is None:
+            return None
+        now = monotonic()
+        expired = []
+        with self._lock:
+            for conn in list(self.idle_connections):
+                if conn._pool_rec.expires <= now:
+                    try:
+                        self.idle_connections.remove(conn)
+                    except ValueError:  # a lock-free getconn took it meanwhile
+                        continue
+                    self.return_times.pop(conn, None)
+                    expired.append(conn)
+            self._size -= len(expired)
+            self._ensure_opening()
+            recs = [c._pool_rec for c in self.idle_connections] + list(self._out.values())
+        for conn in expired:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.MAX_LIFETIME, now)
+        upcoming = [r.expires for r in recs if r.expires > now]
+        return min(upcoming, default=now + lifetime * 0.9) + 0.005
+
+    # -- closing ----------------------------------------------------------------------------
 
     def _close_connection(self, conn: Connection, rec: _Record, reason: str, now: float) -> None:
         """Close a connection already taken out of the books, and announce it."""
@@ -963,6 +1291,7 @@ class ConnectionPool:
     def _after_fork_in_child(self) -> None:
         """Forget every inherited connection without touching the parent's sessions."""
         self._lock = threading.Lock()
+        self._opened = threading.Condition(self._lock)
         self._waiters = deque()
         self._collected = deque()
         conns = list(self.idle_connections)
@@ -971,11 +1300,15 @@ class ConnectionPool:
         self.return_times.clear()
         self._out.clear()
         self._keys.clear()
-        self._size = self._opening = 0
+        self._size = self._opening = self._connecting = self._parked = 0
+        self._retry_scheduled = False
+        self._backoff = Backoff()
         _forking.detach(self, conns)
         now = monotonic()
         for conn in conns:
             self._close_connection(conn, conn._pool_rec, DiscardReason.FORK, now)
+        SCHEDULER.register(self)  # the child's scheduler starts empty
+        self._start_upkeep()
 
 
 def _count(counter: itertools.count[int]) -> int:
@@ -1005,8 +1338,9 @@ class _ConnectionContext:
         leave(self.pool, conn, self.checkout, exc_type)
 
 
-_COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "rollbacks", "connections_num",
-             "connections_errors", "connect_time", "listener_errors")
+_COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "requests_refused", "rollbacks",
+             "connections_num", "connections_errors", "connect_time", "outages",
+             "listener_errors")
 
 #: psycopg2.pool's name; the same thread-safe class.
 ThreadedConnectionPool = ConnectionPool

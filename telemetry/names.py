@@ -39,6 +39,10 @@ LEAKS = "psycopg2_pool.connection.leaks"
 EXHAUSTIONS = "psycopg2_pool.exhaustions"
 DISCARDS = "psycopg2_pool.connection.discards"
 ERRORS = "psycopg2_pool.connection.errors"
+ATTEMPTS = "psycopg2_pool.connection.attempts"
+OUTAGES = "psycopg2_pool.outages"
+UNAVAILABLE_TIME = "psycopg2_pool.unavailable_time"
+REFUSED = "psycopg2_pool.refused_requests"
 
 #: The instrumentation scope (meter and tracer name).
 SCOPE = "psycopg2_pool"
@@ -55,7 +59,12 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class Metric(NamedTuple):
-    """One metric: its name, OpenTelemetry instrument kind, unit, attributes, description."""
+    """One metric: its name, OpenTelemetry instrument kind, unit, attributes, description.
+
+    ``instrument`` is ``ObservableCounter`` (monotonic), ``ObservableUpDownCounter`` (a level
+    that adds up across pools and processes), ``ObservableGauge`` (a level that does not add
+    up, such as a duration) or ``Histogram``.
+    """
 
     name: str
     instrument: str
@@ -91,6 +100,14 @@ METRICS = (
            (POOL_NAME, REASON), "Connections closed by the pool (or collected), by reason."),
     Metric(ERRORS, "ObservableCounter", "{error}",
            (POOL_NAME,), "Failed attempts to open a connection."),
+    Metric(ATTEMPTS, "ObservableCounter", "{attempt}",
+           (POOL_NAME,), "Attempts to open a connection, successful or not."),
+    Metric(OUTAGES, "ObservableCounter", "{outage}",
+           (POOL_NAME,), "Times opening connections started to fail (an outage began)."),
+    Metric(UNAVAILABLE_TIME, "ObservableGauge", "s",
+           (POOL_NAME,), "How long the pool has been unable to open a connection (0 when it can)."),
+    Metric(REFUSED, "ObservableCounter", "{request}",
+           (POOL_NAME,), "getconn calls refused at once: max_waiting callers were already waiting."),
 )
 
 METRIC_BY_NAME = {m.name: m for m in METRICS}
@@ -113,7 +130,15 @@ class LogEvent(NamedTuple):
 LOG_EVENTS = (
     LogEvent("pool_exhausted", "warning",
              "getconn gave up: every connection in use. Counts, wait, and who holds them."),
-    LogEvent("connection_failed", "error", "Opening a connection failed."),
+    LogEvent("connection_failed", "error",
+             "Opening a connection failed (at most one per 5 s per pool, with a count of the others)."),
+    LogEvent("pool_unavailable", "error",
+             "Opening connections started to fail: an outage began (once per outage)."),
+    LogEvent("pool_recovered", "warning",
+             "A connection opened again after an outage: how long it lasted, attempts that failed."),
+    LogEvent("server_unavailable", "warning",
+             "getconn gave up because no connection could be opened (the server is down or not "
+             "answering)."),
     LogEvent("connection_discarded", "debug", "The pool closed a connection, and why."),
     LogEvent("pool_closed", "info", "The pool was closed with every connection returned."),
     LogEvent("pool_closed_with_connections_out", "warning",

@@ -442,6 +442,11 @@ def test_get_stats_after_a_known_workload(make_pool: MakePool) -> None:
         "discarded_fork": 0,
         "discarded_garbage_collected": 0,
         "discarded_cleared": 1,
+        "discarded_failed_reset": 0,
+        "discarded_resized": 0,
+        "requests_refused": 0,
+        "outages": 0,
+        "unavailable_s": 0.0,
     }
     assert {k: stats[k] for k in expected} == expected
     assert set(stats) == {*expected, "requests_wait_ms", "connections_ms"}

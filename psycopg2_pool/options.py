@@ -1,0 +1,82 @@
+"""The pool's arguments: validated once, with messages that say what to pass instead.
+
+No message quotes a value that could be a connection string: a str where a number belongs
+is named by its type only, since it may hold a password.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+_INF = math.inf
+
+#: Seconds libpq may take to open a connection when neither the arguments, the DSN nor
+#: ``PGCONNECT_TIMEOUT`` say (libpq's own default is to wait forever). It bounds how long a
+#: background attempt against a server that accepts and never answers holds its slot.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def seconds(name: str, value: Any, *, positive: bool = False, optional: bool = False) -> float:
+    """Validate a duration argument: a real number of seconds, not NaN, not negative."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        accepted = "a number of seconds or None" if optional else "a number of seconds"
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, got NaN")
+    if value < 0 or (positive and value == 0):
+        hint = "; pass None for no limit" if positive and optional else ""
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} seconds, "
+                         f"got {value!r}{hint}")
+    return float(value)
+
+
+def optional_seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
+    return None if value is None else seconds(name, value, positive=positive, optional=True)
+
+
+def sizes(minconn: Any, maxconn: Any) -> None:
+    """Check ``minconn``/``maxconn`` (also for :meth:`ConnectionPool.resize`)."""
+    if isinstance(minconn, bool) or not isinstance(minconn, int):
+        raise TypeError(f"minconn must be an int, got {type(minconn).__name__}")
+    if minconn < 0:
+        raise ValueError(f"minconn must be >= 0, got {minconn}")
+    if isinstance(maxconn, bool) or not isinstance(maxconn, (int, float)) or (
+            isinstance(maxconn, float) and maxconn != _INF):
+        shown = repr(maxconn) if isinstance(maxconn, (int, float)) else (
+            type(maxconn).__name__)  # a str may be a DSN with a password: never quote it
+        raise TypeError(f"maxconn must be an int (or float('inf') for no limit), "
+                        f"got {shown}")
+    if maxconn < 1:
+        raise ValueError(f"maxconn must be >= 1, got {maxconn}")
+    if minconn > maxconn:
+        raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
+
+
+def count(name: str, value: Any) -> int:
+    """A non-negative int setting such as ``max_waiting`` (0: no limit)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (0 for no limit), got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (0 for no limit), got {value}")
+    return value
+
+
+def hook(name: str, value: Any) -> Any:
+    """A callable taking a connection, or None."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable taking a connection, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def connect_timeout_default(options: dict[str, str]) -> dict[str, int]:
+    """``{"connect_timeout": DEFAULT_CONNECT_TIMEOUT}`` unless the user set one anywhere."""
+    if "connect_timeout" in options or os.environ.get("PGCONNECT_TIMEOUT"):
+        return {}
+    return {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect_timeout_default", "count", "hook",
+           "optional_seconds", "seconds", "sizes"]
