@@ -185,9 +185,12 @@ def build() -> dict[str, Any]:
     layout.row("Exhaustion, leaks, discards")
     layout.add(panel("timeseries", "Timeouts and exhaustion",
                      "Per second: getconn calls that found every connection in use "
-                     "(exhaustion: they waited or failed) and those that gave up (timeouts).",
+                     "(exhaustion: they waited or failed), those that gave up (timeouts: "
+                     "exhausted, or the server unavailable) and those refused at once because "
+                     "max_waiting callers already waited (refused).",
                      [target(rate(names.TIMEOUTS), "timeouts {{" + POOL + "}}", "A"),
-                      target(rate(names.EXHAUSTIONS), "exhaustion {{" + POOL + "}}", "B")],
+                      target(rate(names.EXHAUSTIONS), "exhaustion {{" + POOL + "}}", "B"),
+                      target(rate(names.REFUSED), "refused {{" + POOL + "}}", "C")],
                      "ops", thresholds((None, "green"), (0.01, "red"))), 8, 8)
     layout.add(panel("timeseries", "Leaks",
                      "Leaks found per second: connections held past the leak threshold, or "
@@ -199,6 +202,31 @@ def build() -> dict[str, Any]:
                      "idle_timeout, max_lifetime, failed_check, ...).",
                      [target(rate(names.DISCARDS, f"{POOL}, {REASON}"),
                              "{{" + REASON + "}} {{" + POOL + "}}", "A")], "ops"), 8, 8)
+
+    layout.row("Outages")
+    layout.add(panel("timeseries", "Unable to connect for",
+                     "How long the pool has been unable to open a connection (0 when it can), "
+                     "the longest over its processes. It grows from the first failed attempt "
+                     "until one succeeds; the Psycopg2PoolCannotConnect alert fires past 30 s "
+                     "while attempts keep failing.",
+                     [target(f"max by ({POOL}) ({series(names.UNAVAILABLE_TIME)})",
+                             "{{" + POOL + "}}", "A")], "s",
+                     thresholds((None, "green"), (30, "red"))), 8, 8)
+    layout.add(panel("timeseries", "Connection attempts and failures",
+                     "Attempts to open a connection per second, and those that failed. "
+                     "Failures with no successes: the server is down or unreachable (the pool "
+                     "retries with a backoff of at most 0.5 s while callers wait or minconn "
+                     "needs connections).",
+                     [target(rate(names.ATTEMPTS), "attempts {{" + POOL + "}}", "A"),
+                      target(rate(names.ERRORS), "failed {{" + POOL + "}}", "B")], "ops"), 8, 8)
+    layout.add(panel("stat", "Outages (range)",
+                     "Times opening connections started to fail, over the time range (one "
+                     "per outage however many attempts failed; each process counts its own). "
+                     "The pool_unavailable and pool_recovered log events give the error and "
+                     "the length.",
+                     [target(f"sum by ({POOL}) (increase({series(names.OUTAGES)}[$__range]))",
+                             "{{" + POOL + "}}", "A")], "short",
+                     thresholds((None, "green"), (1, "red"))), 8, 8)
 
     layout.row("Per instance")
     layout.add(panel("timeseries", "Connections in use by instance",

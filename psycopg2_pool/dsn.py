@@ -50,6 +50,9 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
     if not isinstance(dsn, str):
         raise TypeError(f"dsn must be a str (a libpq connection string or URI), "
                         f"got {type(dsn).__name__}")
+    if "\x00" in dsn:  # libpq would read up to it and connect with the rest
+        raise ValueError("invalid connection string (dsn): it contains a NUL character; "
+                         "remove it")
     try:
         return dict(extensions.parse_dsn(extensions.make_dsn(dsn, **libpq_kwargs)))
     except psycopg2.ProgrammingError as exc:  # libpq refused the options

@@ -78,5 +78,14 @@ def connect_timeout_default(options: dict[str, str]) -> dict[str, int]:
     return {"connect_timeout": DEFAULT_CONNECT_TIMEOUT}
 
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect_timeout_default", "count", "hook",
-           "optional_seconds", "seconds", "sizes"]
+def connect_timeout_text(options: dict[str, str], connect_args: dict[str, Any]) -> str:
+    """Where the bound of a connect comes from, for error messages."""
+    if "connect_timeout" in connect_args:
+        return f"connect_timeout={connect_args['connect_timeout']} s"
+    if "connect_timeout" in options:
+        return f"connect_timeout={options['connect_timeout']} s, from the DSN"
+    return f"connect_timeout={os.environ.get('PGCONNECT_TIMEOUT', '')} s, from PGCONNECT_TIMEOUT"
+
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect_timeout_default", "connect_timeout_text",
+           "count", "hook", "optional_seconds", "seconds", "sizes"]

@@ -50,7 +50,14 @@ from .events import (
     TimeoutEvent,
     UnavailableEvent,
 )
-from .options import connect_timeout_default, count, optional_seconds, seconds, sizes
+from .options import (
+    connect_timeout_default,
+    connect_timeout_text,
+    count,
+    optional_seconds,
+    seconds,
+    sizes,
+)
 from .reconnect import NOT_ANSWERING, Backoff
 from .scheduler import SCHEDULER
 from .upkeep import OpenConnection, PruneIdle, RetireExpired
@@ -206,6 +213,7 @@ class ConnectionPool:
         self._connect_args = {k: v for k, v in connect_kwargs.items()
                               if k != "connection_factory"}
         self._connect_args.update(connect_timeout_default(options))
+        self._connect_bound = connect_timeout_text(options, self._connect_args)
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
         self._opened = threading.Condition(self._lock)  # notified when a connection opens
@@ -219,6 +227,8 @@ class ConnectionPool:
         self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
         self._attempt_ids = itertools.count()
         self._parked = 0  # reserved slots waiting for the reconnect attempt of an outage
+        self._queued = 0  # reserved slots whose OpenConnection task has not started
+        self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
         self._retry_scheduled = False
         self._backoff = Backoff()
         self._starting = True  # __init__ opens minconn itself and raises on failure
@@ -245,6 +255,7 @@ class ConnectionPool:
                 with self._lock:
                     self._size += 1
                     self._opening += 1
+                    self._connecting += 1
                 self._open_inline(idle=True)
         except BaseException:
             self.close()
@@ -454,8 +465,8 @@ class ConnectionPool:
             unstarted = self._opening - self._connecting
             self._size -= unstarted
             self._opening -= unstarted
-            self._parked = 0
-            in_use = self._size
+            self._parked = self._queued = self._taken = 0
+            in_use = self._size - self._connecting  # attempts in progress are not in use
             while self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.error = self._closed_error()
@@ -567,12 +578,17 @@ class ConnectionPool:
                     self._drain_collected()
                 if self.idle_connections and not self._waiters:
                     conn = self._take_one_idle()
+                    self._ensure_opening()  # minconn, after a discard of this checkout
                 elif limit <= 0:  # may not wait: open one here, as psycopg2-pool 1.2 did
-                    if self._size >= self.maxconn:
+                    if self._take_reserved():
+                        pass  # a refill had not started: this caller opens it instead
+                    elif self._size < self.maxconn:
+                        self._size += 1
+                        self._opening += 1
+                    else:
                         self._stats["exhausted"] += 1
                         raise self._exhausted(monotonic(), 0.0)
-                    self._size += 1
-                    self._opening += 1
+                    self._connecting += 1
                     conn = None
                 else:
                     if not started:
@@ -683,18 +699,20 @@ class ConnectionPool:
         backoff = self._backoff
         now = monotonic()
         oldest = min(self._attempts.values(), default=now)
-        if not backoff.failing and now - oldest < NOT_ANSWERING:
-            return self._exhausted(started, timeout)  # connects work, if slower than timeout
         waited = now - started
+        # An attempt that ran for (nearly) the whole wait, or NOT_ANSWERING seconds, has not
+        # been answered: say so, rather than blame checked-out connections that may be none.
+        silent = min(NOT_ANSWERING, max(0.25, 0.9 * waited))
+        if not backoff.failing and now - oldest < silent:
+            return self._exhausted(started, timeout)  # connects work, if slower than timeout
         self._stats["timeouts"] += 1
         if backoff.failing:
             cause = (f"{backoff.failures} connection attempt(s) failed over the last "
                      f"{backoff.unavailable_for(now):.3g} s, the last with: "
                      f"{_one_line(backoff.last_error)}")
         else:
-            bound = self._connect_args.get("connect_timeout", "no")
             cause = (f"the server has not answered a connection attempt for {now - oldest:.3g} s "
-                     f"(connect_timeout={bound} s)")
+                     f"({self._connect_bound})")
         error = ServerUnavailable(
             f"could not connect to the server of pool {self.name!r}: {cause}. getconn() waited "
             f"{waited:.3g} s (timeout={timeout:g} s); the pool keeps trying in the background. "
@@ -959,8 +977,27 @@ class ConnectionPool:
             if self._backoff.failing:
                 self._parked += 1
             else:
-                SCHEDULER.call_soon(OpenConnection(self))
+                self._queue_open()
         self._schedule_retry()
+
+    def _queue_open(self) -> None:
+        """Start opening into a reserved slot, on a scheduler worker (lock held)."""
+        self._queued += 1
+        SCHEDULER.call_soon(OpenConnection(self))
+
+    def _take_reserved(self) -> bool:
+        """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
+        not started, so that a refill in the background never fails it (lock held)."""
+        if self._waiters:  # the slots are theirs
+            return False
+        if self._parked:
+            self._parked -= 1
+            return True
+        if self._queued:  # its OpenConnection task will find it taken and do nothing
+            self._queued -= 1
+            self._taken += 1
+            return True
+        return False
 
     def _trim_opening(self) -> None:
         """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
@@ -986,6 +1023,11 @@ class ConnectionPool:
                 self._parked -= 1
             elif self._closed:
                 return  # close() gave the slot back
+            elif self._taken:  # a timeout=0 caller opens into this slot itself
+                self._taken -= 1
+                return
+            else:
+                self._queued -= 1
             if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
                 self._opening -= 1
                 self._size -= 1
@@ -1019,10 +1061,8 @@ class ConnectionPool:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
 
     def _open_inline(self, *, idle: bool) -> Connection:
-        """Open into a slot reserved by this thread (``__init__``, ``timeout=0`` checkouts);
-        on failure give the slot back and raise psycopg2's error."""
-        with self._lock:
-            self._connecting += 1
+        """Open into a slot this thread reserved and counted as connecting (``__init__``,
+        ``timeout=0`` checkouts); on failure give the slot back and raise psycopg2's error."""
         try:
             conn = self._attempt()
         except BaseException:
@@ -1045,6 +1085,7 @@ class ConnectionPool:
                 self._place(conn, rec, now)
             else:
                 self._out[rec.conn_id] = rec
+                self._ensure_opening()  # minconn, after a discard of this checkout
             self._opened.notify_all()
         if close:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
@@ -1099,7 +1140,7 @@ class ConnectionPool:
                 self._retry_scheduled = False
                 while self._parked:
                     self._parked -= 1
-                    SCHEDULER.call_soon(OpenConnection(self))
+                    self._queue_open()
         if ended is not None:
             outage, attempts, error = ended
             logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
@@ -1129,7 +1170,7 @@ class ConnectionPool:
                 self._stats["outages"] += 1
         if self._on_connect:
             self._emit(self._on_connect, ConnectEvent(self, None, now - started, exc))
-        if began and not self._starting:  # once per outage, not once per attempt
+        if began and not self._starting and not self._closed:  # once per outage
             logger.warning("pool %r: cannot open connections (%s: %s); callers that may wait "
                            "keep waiting while the pool retries in the background",
                            self.name, type(exc).__name__, _one_line(exc))
@@ -1137,10 +1178,11 @@ class ConnectionPool:
                 self._emit(self._on_unavailable, UnavailableEvent(self, exc))
 
     def _discard(self, conn: Connection, rec: _Record, reason: str) -> None:
-        """Drop a checked-out connection that failed its checkout checks."""
+        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
+        background: the caller goes on to take another, open one or wait (which refills)."""
         with self._lock:
             self._out.pop(rec.conn_id, None)
-            self._free_slot()
+            self._size -= 1
         self._close_connection(conn, rec, reason, monotonic())
 
     def _free_slot(self) -> None:
@@ -1301,6 +1343,7 @@ class ConnectionPool:
         self._out.clear()
         self._keys.clear()
         self._size = self._opening = self._connecting = self._parked = 0
+        self._queued = self._taken = 0
         self._retry_scheduled = False
         self._backoff = Backoff()
         _forking.detach(self, conns)
@@ -1308,6 +1351,8 @@ class ConnectionPool:
         for conn in conns:
             self._close_connection(conn, conn._pool_rec, DiscardReason.FORK, now)
         SCHEDULER.register(self)  # the child's scheduler starts empty
+        with self._lock:
+            self._ensure_opening()  # back to minconn, in the child's background
         self._start_upkeep()
 
 

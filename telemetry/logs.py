@@ -16,16 +16,50 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from psycopg2_pool.errors import ServerUnavailable, TooManyRequests
 from psycopg2_pool.events import (
     CloseEvent,
     ConnectEvent,
     DiscardEvent,
     PoolListener,
+    RecoveredEvent,
     TimeoutEvent,
+    UnavailableEvent,
 )
 
 #: structlog logger name (also the stdlib logger name when structlog renders through it).
 LOGGER_NAME = "psycopg2_pool"
+
+
+def one_line(error: BaseException | None) -> str | None:
+    """An error's message on one line: libpq's names host, port and user, never the password."""
+    return " ".join(str(error).split()) if error is not None else None
+
+
+class RateLimit:
+    """At most one event per interval; counts the ones it holds back.
+
+    The interval is passed at each call, so that it can be read from an attribute that a
+    program (or a test) changes on a live listener.
+    """
+
+    __slots__ = ("_last", "_lock", "_suppressed")
+
+    def __init__(self) -> None:
+        self._last = -float("inf")
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self, interval: float) -> int | None:
+        """None to hold this event back (counted), else how many were held back before it."""
+        now = monotonic()
+        with self._lock:
+            if now - self._last < interval:
+                self._suppressed += 1
+                return None
+            self._last = now
+            suppressed, self._suppressed = self._suppressed, 0
+            return suppressed
 
 
 def trace_fields() -> dict[str, str]:
@@ -38,23 +72,32 @@ def trace_fields() -> dict[str, str]:
 
 
 class PoolLogs(PoolListener):
-    """Logs exhaustion, connection errors, discards and close.
+    """Logs exhaustion, refusals, connection errors and outages, discards and close.
 
-    ``exhaustion_interval`` rate-limits ``pool_exhausted``: a pool that is out of connections
-    fails many calls a second, and one warning a second (with the count of the others) says
-    as much without slowing the failing path further.
+    Events that come in bursts are rate-limited per pool, each with ``suppressed``, the count
+    of those held back since the last one logged:
+
+    - ``exhaustion_interval`` (1 s) for ``pool_exhausted`` and ``request_refused``: a pool out
+      of connections fails many calls a second, and one warning a second says as much
+      without slowing the failing path further.
+    - ``failure_interval`` (5 s) for ``connection_failed`` and ``server_unavailable``: during
+      an outage every retry fails and every waiting caller times out; ``pool_unavailable``
+      (once, when it begins) and ``pool_recovered`` (once, when it ends, with its length and
+      failed attempts) tell the story, and these two keep a slow pulse in between.
     """
 
     def __init__(self, pool_name: str, logger: Any = None, *,
                  holders: Callable[[], list[dict[str, Any]]] | None = None,
-                 exhaustion_interval: float = 1.0) -> None:
+                 exhaustion_interval: float = 1.0, failure_interval: float = 5.0) -> None:
         self.pool_name = pool_name
         self._logger = logger
         self.holders = holders
         self.exhaustion_interval = exhaustion_interval
-        self._last_exhaustion = -float("inf")
-        self._suppressed = 0
-        self._lock = threading.Lock()
+        self.failure_interval = failure_interval
+        self._exhausted = RateLimit()
+        self._refused = RateLimit()
+        self._failed = RateLimit()
+        self._unavailable = RateLimit()
 
     @property
     def logger(self) -> Any:
@@ -66,14 +109,18 @@ class PoolLogs(PoolListener):
         getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
 
     def on_timeout(self, event: TimeoutEvent) -> None:
-        now = monotonic()
-        with self._lock:
-            if now - self._last_exhaustion < self.exhaustion_interval:
-                self._suppressed += 1
-                return
-            self._last_exhaustion = now
-            suppressed, self._suppressed = self._suppressed, 0
         error = event.error
+        if isinstance(error, ServerUnavailable):
+            self._server_unavailable(event, error)
+        elif isinstance(error, TooManyRequests):
+            self._request_refused(event, error)
+        else:
+            self._pool_exhausted(event, error)
+
+    def _pool_exhausted(self, event: TimeoutEvent, error: BaseException) -> None:
+        suppressed = self._exhausted.allow(self.exhaustion_interval)
+        if suppressed is None:
+            return
         fields: dict[str, Any] = {
             "maxconn": getattr(error, "maxconn", None),
             "in_use": getattr(error, "in_use", None),
@@ -86,12 +133,51 @@ class PoolLogs(PoolListener):
             fields["holders"] = self.holders()
         self.log("warning", "pool_exhausted", **fields)
 
+    def _request_refused(self, event: TimeoutEvent, error: TooManyRequests) -> None:
+        # Its own event, not pool_exhausted: the queue is full, which happens as much during
+        # an outage (nothing opens) as when every connection is in use; unavailable_s tells.
+        suppressed = self._refused.allow(self.exhaustion_interval)
+        if suppressed is None:
+            return
+        pool = event.pool
+        stats = pool.get_stats()
+        self.log("warning", "request_refused", max_waiting=getattr(pool, "max_waiting", None),
+                  waiting=stats["requests_waiting"], maxconn=error.maxconn,
+                  in_use=error.in_use, unavailable_s=stats.get("unavailable_s", 0.0),
+                  suppressed=suppressed)
+
+    def _server_unavailable(self, event: TimeoutEvent, error: ServerUnavailable) -> None:
+        suppressed = self._unavailable.allow(self.failure_interval)
+        if suppressed is None:
+            return
+        cause = error.__cause__
+        self.log("warning", "server_unavailable", waited_s=round(event.wait_time, 6),
+                  timeout_s=event.timeout, attempts=error.attempts,
+                  unavailable_s=round(error.unavailable_for, 3),
+                  waiting=event.pool.get_stats()["requests_waiting"],
+                  last_error_type=type(cause).__name__ if cause is not None else None,
+                  last_error=one_line(cause), suppressed=suppressed)
+
     def on_connect(self, event: ConnectEvent) -> None:
         if event.error is None:
             return
+        suppressed = self._failed.allow(self.failure_interval)
+        if suppressed is None:
+            return
         # The class and libpq's message: it names host, port and user, never the password.
         self.log("error", "connection_failed", error_type=type(event.error).__name__,
-                  error=str(event.error).strip(), duration_s=round(event.duration, 6))
+                  error=str(event.error).strip(), duration_s=round(event.duration, 6),
+                  suppressed=suppressed)
+
+    def on_unavailable(self, event: UnavailableEvent) -> None:
+        self.log("error", "pool_unavailable", error_type=type(event.error).__name__,
+                  error=one_line(event.error))
+
+    def on_recovered(self, event: RecoveredEvent) -> None:
+        self.log("warning", "pool_recovered", outage_s=round(event.outage, 3),
+                  failed_attempts=event.attempts,
+                  last_error_type=type(event.error).__name__ if event.error is not None
+                  else None, last_error=one_line(event.error))
 
     def on_discard(self, event: DiscardEvent) -> None:
         self.log("debug", "connection_discarded", reason=event.reason,

@@ -129,8 +129,9 @@ class _SharedInstruments:
         def observable(name: str, callback: Callable[[CallbackOptions], Iterable[Observation]]
                        ) -> None:
             spec = METRIC_BY_NAME[name]
-            create = (meter.create_observable_counter if spec.instrument == "ObservableCounter"
-                      else meter.create_observable_up_down_counter)
+            create = {"ObservableCounter": meter.create_observable_counter,
+                      "ObservableUpDownCounter": meter.create_observable_up_down_counter,
+                      "ObservableGauge": meter.create_observable_gauge}[spec.instrument]
             create(name, callbacks=[callback], unit=spec.unit, description=spec.description)
 
         # The first callback the SDK runs in a collection flushes the histograms and takes one
@@ -143,6 +144,10 @@ class _SharedInstruments:
         observable(names.TIMEOUTS, self._gauge("timeouts"))
         observable(names.EXHAUSTIONS, self._gauge("exhausted"))
         observable(names.ERRORS, self._gauge("connections_errors"))
+        observable(names.ATTEMPTS, self._gauge("connections_num", "connections_errors"))
+        observable(names.OUTAGES, self._gauge("outages"))
+        observable(names.UNAVAILABLE_TIME, self._gauge("unavailable_s"))
+        observable(names.REFUSED, self._gauge("requests_refused"))
         observable(names.LEAKS, self._gauge("leaks"))
         observable(names.DISCARDS, self._observe_discards)
 
@@ -176,13 +181,16 @@ class _SharedInstruments:
         stats = self._snapshot.get(id(metrics))
         return stats if stats is not None else metrics.observe()
 
-    def _gauge(self, key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _gauge(self, *keys: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """A callback observing one stats key per pool (or the sum of several keys)."""
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             out = []
             for metrics in self.pools:
-                value = self._stats(metrics).get(key)
-                if value is None:
+                stats = self._stats(metrics)
+                values = [stats.get(key) for key in keys]
+                if any(v is None for v in values):  # pool gone, or no such figure
                     continue
+                value = sum(v for v in values if v is not None)
                 if value == float("inf"):  # maxconn unbounded: no meaningful maximum
                     continue
                 out.append(Observation(value, metrics.attributes))
@@ -194,7 +202,7 @@ class _SharedInstruments:
         for metrics in self.pools:
             stats = self._stats(metrics)
             for reason in DiscardReason.ALL if stats else ():
-                out.append(Observation(stats[f"discarded_{reason}"],
+                out.append(Observation(stats.get(f"discarded_{reason}", 0),
                                        {**metrics.attributes, names.REASON: reason}))
         return out
 

@@ -85,7 +85,8 @@ METRICS = (
     Metric(PENDING_REQUESTS, "ObservableUpDownCounter", "{request}",
            (POOL_NAME,), "getconn calls waiting for a connection."),
     Metric(TIMEOUTS, "ObservableCounter", "{timeout}",
-           (POOL_NAME,), "getconn calls that gave up (exhausted at once, or timed out)."),
+           (POOL_NAME,), "getconn calls that gave up: exhausted at once, or timed out (pool "
+           "exhausted, or server unavailable)."),
     Metric(CREATE_TIME, "Histogram", "s",
            (POOL_NAME,), "Time to open a connection."),
     Metric(WAIT_TIME, "Histogram", "s",
@@ -105,9 +106,11 @@ METRICS = (
     Metric(OUTAGES, "ObservableCounter", "{outage}",
            (POOL_NAME,), "Times opening connections started to fail (an outage began)."),
     Metric(UNAVAILABLE_TIME, "ObservableGauge", "s",
-           (POOL_NAME,), "How long the pool has been unable to open a connection (0 when it can)."),
+           (POOL_NAME,), "How long the pool has been unable to open a connection (0 when it "
+           "can)."),
     Metric(REFUSED, "ObservableCounter", "{request}",
-           (POOL_NAME,), "getconn calls refused at once: max_waiting callers were already waiting."),
+           (POOL_NAME,), "getconn calls refused at once: max_waiting callers were already "
+           "waiting."),
 )
 
 METRIC_BY_NAME = {m.name: m for m in METRICS}
@@ -129,16 +132,22 @@ class LogEvent(NamedTuple):
 
 LOG_EVENTS = (
     LogEvent("pool_exhausted", "warning",
-             "getconn gave up: every connection in use. Counts, wait, and who holds them."),
+             "getconn gave up: every connection in use. Counts, wait, and who holds them "
+             "(at most one a second per pool, with a count of the others)."),
+    LogEvent("request_refused", "warning",
+             "getconn was refused at once: max_waiting callers already waited (at most one a "
+             "second per pool, with a count of the others)."),
     LogEvent("connection_failed", "error",
-             "Opening a connection failed (at most one per 5 s per pool, with a count of the others)."),
+             "Opening a connection failed (at most one per 5 s per pool, with a count of the "
+             "others)."),
     LogEvent("pool_unavailable", "error",
              "Opening connections started to fail: an outage began (once per outage)."),
     LogEvent("pool_recovered", "warning",
-             "A connection opened again after an outage: how long it lasted, attempts that failed."),
+             "A connection opened again after an outage: how long it lasted, attempts that "
+             "failed."),
     LogEvent("server_unavailable", "warning",
-             "getconn gave up because no connection could be opened (the server is down or not "
-             "answering)."),
+             "getconn gave up because no connection could be opened: the server is down or not "
+             "answering (at most one per 5 s per pool, with a count of the others)."),
     LogEvent("connection_discarded", "debug", "The pool closed a connection, and why."),
     LogEvent("pool_closed", "info", "The pool was closed with every connection returned."),
     LogEvent("pool_closed_with_connections_out", "warning",

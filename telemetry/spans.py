@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from psycopg2_pool.errors import ServerUnavailable, TooManyRequests
 from psycopg2_pool.events import CheckoutEvent, PoolListener, TimeoutEvent
 
 from . import names
@@ -42,13 +43,22 @@ class PoolSpans(PoolListener):
         if not _get_current_span().is_recording():
             return
         end = time.time_ns()
-        attributes = self._attributes(event.wait_time, event.timeout > 0, "timeout")
-        attributes[names.ERROR_TYPE] = type(event.error).__name__
+        error = event.error
+        # error.type tells the three apart; the outcome says whether the call waited at all.
+        if isinstance(error, TooManyRequests):
+            outcome, waited, status = "refused", False, "refused: max_waiting requests waiting"
+        elif isinstance(error, ServerUnavailable):
+            outcome, waited, status = "timeout", True, "could not connect to the server"
+        else:
+            outcome, waited = "timeout", event.timeout > 0
+            status = "no more connections in the pool"
+        attributes = self._attributes(event.wait_time, waited, outcome)
+        attributes[names.ERROR_TYPE] = type(error).__name__
         span = self.tracer.start_span(
             names.SPAN_GETCONN, kind=SpanKind.INTERNAL,
             start_time=end - int(event.wait_time * 1e9), attributes=attributes)
-        span.record_exception(event.error)
-        span.set_status(Status(StatusCode.ERROR, "no more connections in the pool"))
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, status))
         span.end(end_time=end)
 
     def _attributes(self, wait: float, waited: bool, outcome: str) -> dict[str, Any]:

@@ -63,7 +63,7 @@ WITH_RETURNED = ("this connection was already returned to the pool: using it in 
 CLOSED = ("the connection pool {name!r} is closed; getconn() cannot be used after close() "
           "— create a new pool")
 NOT_A_LISTENER = ("a listener needs at least one of the methods on_connect, on_checkout, "
-                  "on_checkin, on_timeout, on_discard, on_close")
+                  "on_checkin, on_timeout, on_discard, on_unavailable, on_recovered, on_close")
 
 
 def exactly(message: str) -> str:

@@ -14,10 +14,15 @@ def table_rows(heading: str) -> list[list[str]]:
     """The body rows of the first table under ``## heading``, cells without backticks."""
     text = DOC.read_text()
     section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = []
+    rows: list[list[str]] = []
+    in_table = False
     for line in section.splitlines():
-        if line.startswith("| `"):
-            rows.append([cell.strip().replace("`", "") for cell in line.strip("|").split("|")])
+        if line.startswith("|"):
+            in_table = True
+            if line.startswith("| `"):
+                rows.append([cell.strip().replace("`", "") for cell in line.strip("|").split("|")])
+        elif in_table:  # the first table ended (later ones explain, they do not list)
+            break
     return rows
 
 

@@ -147,7 +147,7 @@ def test_connect_failure_event(make_pool: MakePool) -> None:
 
 
 def test_checkout_after_waiting(make_pool: MakePool) -> None:
-    pool = make_pool(0, 1, timeout=5)
+    pool = make_pool(1, 1, timeout=5)  # minconn=1: the first checkout finds it idle
     rec = Recorder()
     pool.add_listener(rec)
     conn = pool.getconn()
@@ -258,16 +258,19 @@ def test_discard_reasons(make_pool: MakePool) -> None:
     pool.add_listener(rec)
     a, b, c = pool.getconn(), pool.getconn(), pool.getconn()
     pool.putconn(a)
-    pool.return_times[a] -= 60  # idle past idle_timeout
-    pool.putconn(b)  # putconn prunes the expired one
+    pool.return_times[a] -= 60  # idle past idle_timeout: discarded when next checked out
+    d = pool.getconn()  # not a: a new one is opened in its place
+    assert d is not a
     c.close()
     pool.putconn(c)
-    busy = pool.getconn()  # b
-    pool.close()  # nothing idle now
+    pool.putconn(b)
+    busy = pool.getconn()  # b (last in, first out)
+    pool.putconn(d)
+    pool.close()  # d, idle
     pool.putconn(busy)
     reasons = [(e.reason, e.connection) for e in rec.of(DiscardEvent)]
     assert reasons == [(DiscardReason.IDLE_TIMEOUT, a), (DiscardReason.CLOSED_BY_USER, c),
-                       (DiscardReason.POOL_CLOSED, b)]
+                       (DiscardReason.POOL_CLOSED, d), (DiscardReason.POOL_CLOSED, b)]
     (close,) = rec.of(CloseEvent)
     assert close.pool is pool
     assert close.in_use == 1

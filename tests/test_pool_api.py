@@ -243,7 +243,7 @@ def test_custom_check_and_idle_threshold(dsn: str) -> None:
 def test_stats_after_a_known_workload(dsn: str) -> None:
     pool = ConnectionPool(1, 2, timeout=0.05, dsn=dsn, name="stats")
     a = pool.getconn()
-    b = pool.getconn()
+    b = pool.getconn(timeout=0)  # opened here; with a timeout it would wait for the open
     with pytest.raises(psycopg2_pool.PoolExhausted):
         pool.getconn()
     with a.cursor() as cur:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import psycopg2
 import pytest
 
 from psycopg2_pool import ConnectionPool, PoolError
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
 def backend_pid(conn: Any) -> int:
-    with conn.cursor() as cur:
+    # psycopg2's own cursor(): the pooled class refuses cursor() on an idle connection
+    with psycopg2.extensions.connection.cursor(conn) as cur:
         cur.execute("SELECT pg_backend_pid()")
         return int(cur.fetchone()[0])
 
@@ -65,10 +67,11 @@ def test_child_never_uses_or_closes_the_parents_connections(dsn: str) -> None:
 
 CHILD_EXITS_NORMALLY = """
 import os, sys
+import psycopg2
 from psycopg2_pool import ConnectionPool
 
-def pid_of(conn):
-    with conn.cursor() as cur:
+def pid_of(conn):  # psycopg2's cursor(): the pooled one refuses idle connections
+    with psycopg2.extensions.connection.cursor(conn) as cur:
         cur.execute("SELECT pg_backend_pid()")
         return cur.fetchone()[0]
 

@@ -54,7 +54,7 @@ def test_events_of_a_known_sequence(dsn: str) -> None:
     pool = ConnectionPool(0, 1, dsn=dsn, timeout=0.1)
     rec = Recorder()
     pool.add_listener(rec)
-    conn = pool.getconn()
+    conn = pool.getconn(timeout=0)  # opened here: with a timeout it would wait for the open
     time.sleep(0.02)
     with pytest.raises(PoolExhausted) as raised:
         pool.getconn()
@@ -113,10 +113,13 @@ def test_discard_reasons(dsn: str) -> None:
     pool.putconn(a)  # closed by the application
     pool.putconn(b)
     pool.return_times[b] -= 60
-    pool.putconn(c)  # prunes b: idle too long
-    pool.close()  # c: pool closed
+    d = pool.getconn()  # b is idle too long: discarded at checkout, d opened instead
+    assert d is not b and b.closed
+    pool.putconn(c)
+    pool.putconn(d)
+    pool.close()  # c, d: pool closed
     assert [e.reason for e in rec.of(DiscardEvent)] == ["closed_by_user", "idle_timeout",
-                                                        "pool_closed"]
+                                                        "pool_closed", "pool_closed"]
 
 
 def test_garbage_collected_checkout_frees_its_slot_and_is_announced(dsn: str) -> None:

@@ -266,7 +266,8 @@ class Everything:
         self.sweep.event_types.add(type(event).__name__)
         self.sweep.events += [repr(event), *map(str, event)]
 
-    on_connect = on_checkout = on_checkin = on_timeout = on_discard = on_close = _record
+    on_connect = on_checkout = on_checkin = on_timeout = on_discard = _record
+    on_unavailable = on_recovered = on_close = _record
 
 
 class FailsOnce:
@@ -280,7 +281,8 @@ class FailsOnce:
             self.failed = True
             raise RuntimeError(f"listener failure on {event!r}")
 
-    on_connect = on_checkout = on_checkin = on_timeout = on_discard = on_close = _fail
+    on_connect = on_checkout = on_checkin = on_timeout = on_discard = _fail
+    on_unavailable = on_recovered = on_close = _fail
 
 
 class Lines(logging.Handler):
@@ -559,8 +561,12 @@ def test_sweep_carried_the_password_and_reached_every_sink(sweep: Sweep) -> None
         assert sweep.connections
         assert names.COUNT in "".join(sweep.metrics)
     else:
-        assert errors == ["OperationalError"] * 3 + ["PoolError", "PoolClosed"]
-        assert sweep.event_types == {"ConnectEvent", "CloseEvent"}
+        # the constructor and timeout=0 fail with libpq's error; a caller that waits, once
+        # its timeout passed, with ServerUnavailable (libpq's error as its cause)
+        assert errors == ["OperationalError"] * 2 + ["ServerUnavailable", "PoolError",
+                                                     "PoolClosed"]
+        assert sweep.event_types == {"ConnectEvent", "UnavailableEvent", "TimeoutEvent",
+                                     "CloseEvent"}
         assert {"connection_failed", "pool_closed"} <= set(sweep.log_events)
         assert names.ERRORS in "".join(sweep.metrics)
     assert any("raised; the pool carries on" in line for line in sweep.logging)

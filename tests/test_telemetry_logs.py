@@ -5,16 +5,28 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg2
 import pytest
 import structlog
-from conftest import Otel
+from conftest import Otel, free_port, wait_until
+from faults import Proxy
 from structlog.testing import capture_logs
 
-from psycopg2_pool import ConnectionPool, PoolExhausted
+from psycopg2_pool import (
+    ConnectionPool,
+    PoolExhausted,
+    RecoveredEvent,
+    ServerUnavailable,
+    TooManyRequests,
+    UnavailableEvent,
+)
 from telemetry import instrument, names
 
 
@@ -88,7 +100,9 @@ def test_discards_are_debug_and_close_with_connections_out_is_a_warning(
     with capture_logs() as logs:
         conn = pool.getconn()
         pool.putconn(conn, close=True)
-        out = pool.getconn()
+        # minconn=1: the pool reopens the slot in the background; wait for that connection
+        # (with timeout=0 the call would not wait for it, and the only slot is taken).
+        out = pool.getconn(timeout=5)
         pool.close()
         pool.putconn(out)
     (discard_user, discard_closed) = events(logs, "connection_discarded")
@@ -192,3 +206,170 @@ def test_a_logger_given_to_instrument_is_used(pool: ConnectionPool) -> None:
     instrument(pool, logger=Logger(), leak_threshold=None)
     exhaust(pool)
     assert ("warning", "pool_exhausted") in [(lvl, ev) for lvl, ev, _ in seen]
+
+
+# -- outages: one event when it begins, one when it ends, a slow pulse in between ---------------
+
+
+@pytest.fixture
+def switch(dsn: str) -> Iterator[Proxy]:
+    """A loopback proxy to the session's server whose upstream can be cut (every connect then
+    fails at once: the proxy closes it, as a server going down does) and restored."""
+    info = psycopg2.extensions.parse_dsn(dsn)
+    host = info.get("host", "")
+    if not host.startswith("/"):
+        pytest.skip("the outage proxy forwards to a unix socket; this server is reached by TCP")
+    upstream = str(Path(host) / f".s.PGSQL.{info.get('port', 5432)}")
+    proxy = Proxy(SimpleNamespace(socket_path=upstream, user=info.get("user", "postgres"),  # type: ignore[arg-type]
+                                  dbname=info.get("dbname", "postgres")))
+    proxy.upstream = upstream  # type: ignore[attr-defined]
+    yield proxy
+    proxy.close()
+
+
+def cut(proxy: Proxy) -> None:
+    proxy.socket_path = "/nonexistent/.s.PGSQL.1"
+
+
+def restore(proxy: Proxy) -> None:
+    proxy.socket_path = proxy.upstream  # type: ignore[attr-defined]
+
+
+def test_unreachable_server_logs_one_outage_and_rate_limits_the_failures() -> None:
+    pool = ConnectionPool(0, 2, host="127.0.0.1", port=free_port(), connect_timeout=1,
+                          password="hunter2-secret", name="down")
+    instrument(pool, leak_threshold=None)
+    calls = 0
+    with capture_logs() as logs:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            with pytest.raises(ServerUnavailable):
+                pool.getconn(timeout=0.5)
+            calls += 1
+    stats = pool.get_stats()
+    pool.close()
+    assert calls >= 3 and stats["connections_errors"] > calls  # retried while callers waited
+    (unavailable,) = events(logs, "pool_unavailable")
+    assert unavailable["log_level"] == "error" and unavailable["pool"] == "down"
+    assert unavailable["error_type"] == "OperationalError"
+    assert "127.0.0.1" in unavailable["error"] and "\n" not in unavailable["error"]
+    # 2 s < the 5 s interval: the first of each, the others only counted (in the next one)
+    (failed,) = events(logs, "connection_failed")
+    assert failed["suppressed"] == 0
+    (gave_up,) = events(logs, "server_unavailable")
+    assert gave_up["log_level"] == "warning"
+    assert gave_up["timeout_s"] == 0.5 and gave_up["waited_s"] >= 0.5
+    assert gave_up["attempts"] >= 1 and gave_up["unavailable_s"] >= 0.5
+    assert "127.0.0.1" in gave_up["last_error"]
+    assert events(logs, "pool_exhausted") == []  # not an exhaustion: nothing is in use
+    assert "hunter2" not in repr(logs)
+
+
+def test_failures_after_the_interval_carry_the_count_of_the_others() -> None:
+    pool = ConnectionPool(0, 2, host="127.0.0.1", port=free_port(), connect_timeout=1,
+                          name="down")
+    handle = instrument(pool, leak_threshold=None)
+    with capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises(ServerUnavailable):
+                pool.getconn(timeout=0.3)
+        handle.logs.failure_interval = 0
+        with pytest.raises(ServerUnavailable):
+            pool.getconn(timeout=1)  # the backoff is at most 0.5 s: attempts fail meanwhile
+        pool.close()  # no attempt after this
+        errors = pool.get_stats()["connections_errors"]
+    failed = events(logs, "connection_failed")
+    # every attempt is accounted for: logged, or counted in a later event's suppressed
+    assert len(failed) + sum(e["suppressed"] for e in failed) == errors
+    assert failed[0]["suppressed"] == 0 and len(failed) >= 2
+    gave_up = events(logs, "server_unavailable")
+    assert [e["suppressed"] for e in gave_up] == [0, 1]
+
+
+def test_an_outage_under_load_writes_a_handful_of_events(
+        switch: Proxy, caplog: pytest.LogCaptureFixture) -> None:
+    """The budget: a 3 s outage, 8 threads calling getconn(timeout=1) in a loop: at most 15
+    events in all (the pool's own stdlib warnings included), one when it begins, one when it
+    ends."""
+    caplog.set_level(logging.WARNING, logger="psycopg2_pool")
+    pool = ConnectionPool(0, 4, dsn=switch.dsn(connect_timeout=1), name="flaky")
+    instrument(pool, leak_threshold=None)
+    cut(switch)
+    served: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                conn = pool.getconn(timeout=1)
+            except psycopg2.OperationalError as exc:
+                errors.append(type(exc).__name__)
+                continue
+            pool.putconn(conn)
+            served.append(1)
+            return
+
+    with capture_logs() as logs:
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        restore(switch)
+        for thread in threads:
+            thread.join(10)
+        stop.set()
+    stats = pool.get_stats()
+    pool.close()
+    assert len(served) == 8, errors
+    assert errors and set(errors) == {"ServerUnavailable"}
+    outage_events = [e for e in logs if e["event"] not in ("connection_discarded", "pool_closed")]
+    pool_records = [r for r in caplog.records if r.name == "psycopg2_pool"]
+    assert len(outage_events) + len(pool_records) <= 15, [e["event"] for e in outage_events]
+    assert len(events(logs, "pool_unavailable")) == 1
+    (recovered,) = events(logs, "pool_recovered")
+    assert recovered["log_level"] == "warning"
+    assert 2.5 < recovered["outage_s"] < 6
+    assert recovered["failed_attempts"] == stats["connections_errors"]
+    assert len(events(logs, "connection_failed")) <= 2
+    assert 1 <= len(events(logs, "server_unavailable")) <= 2
+    assert events(logs, "pool_exhausted") == []
+
+
+def test_recovered_and_unavailable_event_shapes(pool: ConnectionPool) -> None:
+    handle = instrument(pool, leak_threshold=None)
+    error = psycopg2.OperationalError('connection to server at "db", port 5432 failed:\n'
+                                      "\tConnection refused\n")
+    with capture_logs() as logs:
+        handle.logs.on_unavailable(UnavailableEvent(pool, error))
+        handle.logs.on_recovered(RecoveredEvent(pool, 12.34567, 42, error))
+    (unavailable,) = events(logs, "pool_unavailable")
+    assert unavailable["error"] == 'connection to server at "db", port 5432 failed: ' \
+                                   "Connection refused"
+    (recovered,) = events(logs, "pool_recovered")
+    assert recovered["outage_s"] == 12.346 and recovered["failed_attempts"] == 42
+    assert recovered["last_error_type"] == "OperationalError"
+    assert recovered["pool"] == "log-test"
+
+
+def test_a_refusal_is_its_own_rate_limited_event(dsn: str) -> None:
+    pool = ConnectionPool(1, 1, dsn=dsn, max_waiting=1, name="full")
+    instrument(pool, leak_threshold=None)
+    held = pool.getconn()
+    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
+    with capture_logs() as logs:
+        waiter.start()
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        for _ in range(3):
+            with pytest.raises(TooManyRequests):
+                pool.getconn(timeout=5)
+        pool.putconn(held)
+        waiter.join(5)
+    pool.close()
+    (refused,) = events(logs, "request_refused")
+    assert refused["log_level"] == "warning"
+    assert refused["max_waiting"] == 1 and refused["waiting"] == 1
+    assert refused["maxconn"] == 1 and refused["in_use"] == 1
+    assert refused["unavailable_s"] == 0 and refused["suppressed"] == 0
+    assert events(logs, "pool_exhausted") == []
+

@@ -9,11 +9,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import Otel
+from conftest import Otel, free_port, wait_until
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from psycopg2_pool import ConnectionPool, PoolExhausted
+from psycopg2_pool import ConnectionPool, PoolExhausted, ServerUnavailable, TooManyRequests
 from telemetry import instrument, names
 
 
@@ -79,6 +79,44 @@ def test_exhaustion_marks_the_span_as_error(pool: ConnectionPool, otel: Otel) ->
     assert event.name == "exception"
     assert event.attributes["exception.type"].endswith("PoolExhausted")
     assert "no more connections in the pool" in event.attributes["exception.message"]
+
+
+def test_server_unavailable_is_an_error_of_its_own_type(otel: Otel) -> None:
+    pool = ConnectionPool(0, 1, host="127.0.0.1", port=free_port(), connect_timeout=1,
+                          name="down")
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
+    with otel.tracer.start_as_current_span("request"), pytest.raises(ServerUnavailable):
+        pool.getconn(timeout=0.3)
+    pool.close()
+    (span,) = otel.spans(names.SPAN_GETCONN)
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "could not connect to the server"
+    assert span.attributes[names.ERROR_TYPE] == "ServerUnavailable"
+    assert span.attributes["psycopg2_pool.outcome"] == "timeout"
+    assert span.attributes["psycopg2_pool.waited"] is True
+    assert span.attributes["psycopg2_pool.wait_time"] >= 0.3
+    (event,) = span.events
+    assert event.attributes["exception.type"].endswith("ServerUnavailable")
+    assert "could not connect" in event.attributes["exception.message"]
+
+
+def test_a_refusal_is_an_error_that_did_not_wait(dsn: str, otel: Otel) -> None:
+    pool = ConnectionPool(1, 1, dsn=dsn, max_waiting=1, name="full")
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
+    held = pool.getconn()
+    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
+    waiter.start()
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    with otel.tracer.start_as_current_span("request"), pytest.raises(TooManyRequests):
+        pool.getconn(timeout=5)
+    pool.putconn(held)
+    waiter.join(5)
+    pool.close()
+    (span,) = otel.spans(names.SPAN_GETCONN)  # the waiter's getconn is outside any trace
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes[names.ERROR_TYPE] == "TooManyRequests"
+    assert span.attributes["psycopg2_pool.outcome"] == "refused"
+    assert span.attributes["psycopg2_pool.waited"] is False
 
 
 def test_query_spans_of_the_psycopg2_instrumentation_nest_beside_it(

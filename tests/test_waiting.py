@@ -91,7 +91,7 @@ def test_default_timeout_fails_at_once(make_pool: MakePool) -> None:
 def test_waits_up_to_the_timeout_then_raises(make_pool: MakePool, where: str) -> None:
     pool = make_pool(0, 1, timeout=0.3) if where == "pool" else make_pool(0, 1)
     kwargs = {"timeout": 0.3} if where == "call" else {}
-    conn = pool.getconn()
+    conn = pool.getconn(timeout=0)  # opened here, not waited for
     started = time.monotonic()
     with pytest.raises(PoolExhausted) as info:
         pool.getconn(**kwargs)
@@ -115,7 +115,7 @@ def test_waits_up_to_the_timeout_then_raises(make_pool: MakePool, where: str) ->
 
 def test_putconn_from_another_thread_hands_over_that_connection(make_pool: MakePool) -> None:
     pool = make_pool(0, 1, timeout=5)
-    conn = pool.getconn()
+    conn = pool.getconn(timeout=0)  # opened here, not waited for
 
     def give_back() -> None:
         assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
@@ -188,7 +188,7 @@ def test_close_wakes_waiters_with_pool_closed(make_pool: MakePool) -> None:
 def test_waiters_are_served_first_come_first_served(make_pool: MakePool, maxconn: int) -> None:
     n = 6
     pool = make_pool(0, maxconn, timeout=10)
-    held = [pool.getconn() for _ in range(maxconn)]
+    held = [pool.getconn(timeout=0) for _ in range(maxconn)]  # opened, not waited for
     served: list[int] = []
     served_lock = threading.Lock()
     release = [threading.Event() for _ in range(n)]
