@@ -54,12 +54,13 @@ def sizes(minconn: Any, maxconn: Any) -> None:
         raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
 
 
-def count(name: str, value: Any) -> int:
-    """A non-negative int setting such as ``max_waiting`` (0: no limit)."""
+def count(name: str, value: Any, minimum: int = 0) -> int:
+    """An int setting such as ``max_waiting`` (0: no limit) or ``num_workers`` (>= 1)."""
+    hint = " (0 for no limit)" if minimum == 0 else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int (0 for no limit), got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0 (0 for no limit), got {value}")
+        raise TypeError(f"{name} must be an int{hint}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
     return value
 
 

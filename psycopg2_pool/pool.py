@@ -161,7 +161,7 @@ class ConnectionPool:
                  *, timeout: float = 0.0, max_lifetime: float | None = None,
                  check_idle_after: float | None = None,
                  check: Callable[[Connection], object] | None = None,
-                 io_timeout: float | None = 5.0, max_waiting: int = 0,
+                 io_timeout: float | None = 5.0, max_waiting: int = 0, num_workers: int = 3,
                  configure: Callable[[Connection], object] | None = None,
                  reset: Callable[[Connection], object] | None = None,
                  name: str | None = None, **connect_kwargs: Any) -> None:
@@ -199,6 +199,9 @@ class ConnectionPool:
         self.io_timeout = optional_seconds("io_timeout", io_timeout, positive=True)
         #: Callers that may wait at once; the next is refused with TooManyRequests (0: any).
         self.max_waiting = count("max_waiting", max_waiting)
+        #: Connection attempts this pool runs in the background at once (psycopg_pool's
+        #: name): a server that does not answer holds that many scheduler workers, no more.
+        self.num_workers = count("num_workers", num_workers, minimum=1)
         self._configure = configure  # called on each new connection before first use
         self._reset_hook = reset  # called on each return of a connection that is kept
         self.connect_kwargs = connect_kwargs
@@ -228,6 +231,8 @@ class ConnectionPool:
         self._attempt_ids = itertools.count()
         self._parked = 0  # reserved slots waiting for the reconnect attempt of an outage
         self._queued = 0  # reserved slots whose OpenConnection task has not started
+        self._deferred = 0  # reserved slots waiting for one of the pool's num_workers
+        self._bg_connecting = 0  # background attempts in progress (at most num_workers)
         self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
         self._retry_scheduled = False
         self._backoff = Backoff()
@@ -248,7 +253,7 @@ class ConnectionPool:
         self._on_recovered: tuple[Callable[[Any], None], ...] = ()
         self._on_close: tuple[Callable[[Any], None], ...] = ()
         _forking.track(self)
-        SCHEDULER.register(self)
+        SCHEDULER.register(self, self.num_workers)
 
         try:
             for _ in range(minconn):
@@ -465,7 +470,7 @@ class ConnectionPool:
             unstarted = self._opening - self._connecting
             self._size -= unstarted
             self._opening -= unstarted
-            self._parked = self._queued = self._taken = 0
+            self._parked = self._queued = self._taken = self._deferred = 0
             in_use = self._size - self._connecting  # attempts in progress are not in use
             while self._waiters:
                 waiter = self._waiters.popleft()
@@ -981,15 +986,34 @@ class ConnectionPool:
         self._schedule_retry()
 
     def _queue_open(self) -> None:
-        """Start opening into a reserved slot, on a scheduler worker (lock held)."""
-        self._queued += 1
-        SCHEDULER.call_soon(OpenConnection(self))
+        """Start opening into a reserved slot on a scheduler worker, or defer it while the
+        pool's ``num_workers`` attempts are under way (lock held)."""
+        if self._queued + self._bg_connecting < self.num_workers:
+            self._queued += 1
+            SCHEDULER.call_soon(OpenConnection(self))
+        else:
+            self._deferred += 1
+
+    def _attempt_ended(self) -> None:
+        """A background attempt ended: start a deferred open in its place (lock held)."""
+        self._bg_connecting -= 1
+        while self._deferred and self._queued + self._bg_connecting < self.num_workers:
+            self._deferred -= 1
+            if self._backoff.failing:
+                self._parked += 1
+                self._schedule_retry()
+            else:
+                self._queued += 1
+                SCHEDULER.call_soon(OpenConnection(self))
 
     def _take_reserved(self) -> bool:
         """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
         not started, so that a refill in the background never fails it (lock held)."""
         if self._waiters:  # the slots are theirs
             return False
+        if self._deferred:
+            self._deferred -= 1
+            return True
         if self._parked:
             self._parked -= 1
             return True
@@ -1001,8 +1025,11 @@ class ConnectionPool:
 
     def _trim_opening(self) -> None:
         """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
-        while self._parked and self._excess() > 0:
-            self._parked -= 1
+        while self._excess() > 0 and (self._deferred or self._parked):
+            if self._deferred:
+                self._deferred -= 1
+            else:
+                self._parked -= 1
             self._opening -= 1
             self._size -= 1
 
@@ -1033,11 +1060,13 @@ class ConnectionPool:
                 self._size -= 1
                 return
             self._connecting += 1
+            self._bg_connecting += 1
         try:
             conn = self._attempt()
         except BaseException:  # noqa: BLE001 - counted and announced by _attempt
             with self._lock:
                 self._connecting -= 1
+                self._attempt_ended()
                 if self._closed or self._excess() > 0:
                     self._opening -= 1
                     self._size -= 1
@@ -1049,6 +1078,7 @@ class ConnectionPool:
         rec = conn._pool_rec
         with self._lock:
             self._connecting -= 1
+            self._attempt_ended()
             self._opening -= 1
             rec.since = now
             closed = self.closed  # the property: close() may have run during the attempt
@@ -1343,14 +1373,14 @@ class ConnectionPool:
         self._out.clear()
         self._keys.clear()
         self._size = self._opening = self._connecting = self._parked = 0
-        self._queued = self._taken = 0
+        self._queued = self._taken = self._deferred = self._bg_connecting = 0
         self._retry_scheduled = False
         self._backoff = Backoff()
         _forking.detach(self, conns)
         now = monotonic()
         for conn in conns:
             self._close_connection(conn, conn._pool_rec, DiscardReason.FORK, now)
-        SCHEDULER.register(self)  # the child's scheduler starts empty
+        SCHEDULER.register(self, self.num_workers)  # the child's scheduler starts empty
         with self._lock:
             self._ensure_opening()  # back to minconn, in the child's background
         self._start_upkeep()

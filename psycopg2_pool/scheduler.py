@@ -3,7 +3,9 @@
 Pools hand it *tasks* (the named classes of :mod:`psycopg2_pool.upkeep`) to run now or at a
 given time. Worker threads named ``psycopg2_pool-upkeep`` run them. A task that blocks (a
 connect to a server that does not answer) holds one worker only: when a task falls due and
-no worker is free, another is started, up to :data:`MAX_WORKERS`. Workers beyond the first
+no worker is free, another is started, up to one plus the ``num_workers`` of every live
+pool (each pool runs at most that many connects at once), so a pool whose server hangs
+never starves another pool's upkeep. Workers beyond the first
 leave after :data:`IDLE_EXIT` seconds without work; the last leaves once no task is
 scheduled and no pool is alive, so a process whose pools are all closed has no thread of
 ours. In a forked child the scheduler starts empty (the parent's threads are not there)
@@ -22,8 +24,6 @@ from typing import Any, Protocol
 
 logger = logging.getLogger("psycopg2_pool")
 
-#: Most worker threads at once, for all pools of the process.
-MAX_WORKERS = 8
 #: Seconds a spare worker waits for work before it leaves.
 IDLE_EXIT = 10.0
 
@@ -45,27 +45,29 @@ class Scheduler:
 
     def reset(self) -> None:
         """Start empty: at import, and in a forked child (whose parent's lock may be held)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._workers = 0
-        self._idle = 0
-        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Idle workers, each waiting on its own event: a new task wakes exactly one of them
+        # (claims it) or starts a worker; a shared notify() could wake one for two tasks.
+        self._sleepers: list[threading.Event] = []
+        self._pools: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._failed: set[str] = set()
 
-    def register(self, pool: object) -> None:
-        """A pool is alive: keep a worker for its tasks."""
-        with self._cond:
-            self._pools.add(pool)
+    def register(self, pool: object, workers: int) -> None:
+        """A pool is alive, running up to ``workers`` connects at once: keep workers for it."""
+        with self._lock:
+            self._pools[pool] = workers
 
     def unregister(self, pool: object) -> None:
         """A pool closed: drop its tasks; with the last pool gone, the workers leave."""
-        with self._cond:
-            self._pools.discard(pool)
+        with self._lock:
+            self._pools.pop(pool, None)
             self._heap[:] = [entry for entry in self._heap
                              if entry[2].pool_ref() not in (pool, None)]
             heapq.heapify(self._heap)
-            self._cond.notify_all()
+            self._wake_all()
 
     def call_soon(self, task: Task) -> None:
         self.call_at(monotonic(), task)
@@ -75,14 +77,19 @@ class Scheduler:
 
     def call_at(self, when: float, task: Task) -> None:
         """Run ``task`` on a worker at monotonic time ``when`` (at once if it has passed)."""
-        with self._cond:
+        with self._lock:
             heapq.heappush(self._heap, (when, next(self._seq), task))
-            if self._idle:
-                self._cond.notify()
-            elif self._workers < MAX_WORKERS:
+            if self._sleepers:
+                self._sleepers.pop().set()
+            elif self._workers < self.max_workers:
                 self._workers += 1
                 threading.Thread(target=self._work, name="psycopg2_pool-upkeep",
                                  daemon=True).start()
+
+    @property
+    def max_workers(self) -> int:
+        """Most worker threads at once: one, plus each live pool's ``num_workers``."""
+        return 1 + sum(self._pools.values())
 
     @property
     def workers(self) -> int:
@@ -91,34 +98,43 @@ class Scheduler:
 
     def pending(self) -> list[str]:
         """The names of the scheduled tasks, soonest first (for tests and debugging)."""
-        with self._cond:
+        with self._lock:
             return [task.name for _, _, task in sorted(self._heap)]
 
+    def _wake_all(self) -> None:
+        while self._sleepers:
+            self._sleepers.pop().set()
+
     def _work(self) -> None:
-        cond, heap = self._cond, self._heap
+        lock, heap, sleepers = self._lock, self._heap, self._sleepers
+        wake = threading.Event()
         idle_since = monotonic()
-        with cond:
+        with lock:
             while True:
                 now = monotonic()
                 if heap and heap[0][0] <= now:
                     task = heapq.heappop(heap)[2]
-                    cond.release()
+                    lock.release()
                     try:
                         self._run(task)
                     finally:
-                        cond.acquire()
+                        lock.acquire()
                     idle_since = monotonic()
                     continue
                 if not heap and not self._pools:
                     break  # nothing scheduled, no pool alive: stop
-                if now - idle_since >= IDLE_EXIT and (self._idle or not heap):
+                if now - idle_since >= IDLE_EXIT and (sleepers or not heap):
                     break  # a spare: another idle worker keeps the heap
                 wait = IDLE_EXIT if not heap else min(heap[0][0] - now, IDLE_EXIT)
-                self._idle += 1
+                wake.clear()
+                sleepers.append(wake)
+                lock.release()
                 try:
-                    cond.wait(wait)
+                    wake.wait(wait)
                 finally:
-                    self._idle -= 1
+                    lock.acquire()
+                    if wake in sleepers:  # timed out, not claimed by a new task
+                        sleepers.remove(wake)
             self._workers -= 1
 
     def _run(self, task: Task) -> None:
@@ -134,4 +150,4 @@ class Scheduler:
 #: The process's scheduler.
 SCHEDULER = Scheduler()
 
-__all__ = ["IDLE_EXIT", "MAX_WORKERS", "SCHEDULER", "Scheduler", "Task"]
+__all__ = ["IDLE_EXIT", "SCHEDULER", "Scheduler", "Task"]

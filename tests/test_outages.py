@@ -324,6 +324,46 @@ def test_hung_path_without_connect_timeout_fails_on_time(proxy: Proxy, figure: F
         assert "connect_timeout=10 s" in str(error)
 
 
+def test_a_hung_pool_runs_num_workers_attempts_and_starves_no_other_pool(
+        proxy: Proxy, running: OwnServer, figure: Figure) -> None:
+    """Eight callers of a pool whose server does not answer: the pool runs num_workers
+    background attempts, not eight, and another pool of the process still opens its
+    connections in the background at once (the scheduler keeps workers for every pool)."""
+    proxy.hang()
+    hung = ConnectionPool(0, 20, dsn=proxy.dsn(connect_timeout=2), num_workers=2)
+    healthy = ConnectionPool(0, 4, dsn=running.uri)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            hung.getconn(timeout=1)
+        except ServerUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: hung.get_stats()["requests_waiting"] == 8)
+        time.sleep(0.2)
+        attempts = len(proxy._held)  # connections the proxy accepted and never answered
+        started = monotonic()
+        conns = [healthy.getconn(timeout=1) for _ in range(4)]  # opened in the background
+        healthy_s = monotonic() - started
+        for conn in conns:
+            healthy.putconn(conn)
+        for thread in threads:
+            thread.join(5)
+    finally:
+        hung.close()
+        healthy.close()
+    assert attempts == 2, attempts
+    assert len(errors) == 8
+    assert healthy_s < 0.5, healthy_s
+    figure(f"hung server, 8 waiters, num_workers=2: {attempts} attempts under way at once; "
+           f"another pool opened 4 connections in {healthy_s * 1000:.0f} ms meanwhile")
+
+
 @pytest.mark.parametrize("where", ["kwargs", "dsn", "PGCONNECT_TIMEOUT"])
 def test_hung_path_leaks_no_slot_nor_socket(proxy: Proxy, figure: Figure,
                                             monkeypatch: pytest.MonkeyPatch,
