@@ -57,6 +57,27 @@ def make_pool(dsn: str) -> Iterator[MakePool]:
         pool.close()
 
 
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    """A PostgreSQL of the test module's own (``faults.OwnServer``), which its tests may stop,
+    start and restart without disturbing the rest of the suite: one per module that asks."""
+    from faults import OwnServer
+
+    own = OwnServer()
+    yield own
+    own.close()
+
+
+@pytest.fixture
+def proxy(server: Any) -> Iterator[Any]:
+    """A loopback TCP proxy to the module's own server that can stop answering (``hang()``)."""
+    from faults import Proxy
+
+    p = Proxy(server)
+    yield p
+    p.close()
+
+
 @pytest.fixture
 def admin(dsn: str) -> Iterator[Any]:
     """An autocommit connection outside any pool, to look at the server side."""

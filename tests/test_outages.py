@@ -47,26 +47,12 @@ PASSWORD = "hunter2-outage-secret"
 UPKEEP_THREAD = "psycopg2_pool-upkeep"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[OwnServer]:
-    own = OwnServer()
-    yield own
-    own.close()
-
-
 @pytest.fixture
 def running(server: OwnServer) -> Iterator[OwnServer]:
     """The module's server, started again after the test whatever happened."""
     yield server
     if not server_accepts(server):
         server.start()
-
-
-@pytest.fixture
-def proxy(server: OwnServer) -> Iterator[Proxy]:
-    p = Proxy(server)
-    yield p
-    p.close()
 
 
 def server_accepts(server: OwnServer) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -23,20 +23,6 @@ from faults import OwnServer, Proxy
 from psycopg2_pool import ConnectionPool, PoolExhausted, ServerUnavailable
 
 Figure = Callable[[str], None]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OwnServer]:
-    own = OwnServer()
-    yield own
-    own.close()
-
-
-@pytest.fixture
-def proxy(server: OwnServer) -> Iterator[Proxy]:
-    p = Proxy(server)
-    yield p
-    p.close()
 
 
 @dataclass
