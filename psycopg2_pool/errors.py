@@ -10,6 +10,12 @@ from __future__ import annotations
 from ._driver import psycopg2, psycopg2_pool_module
 
 
+def one_line(error: BaseException | None) -> str | None:
+    """An error's message on one line, for logs and messages (libpq's names host, port and
+    user, never the password); None for no error."""
+    return " ".join(str(error).split()) if error is not None else None
+
+
 class PoolError(psycopg2_pool_module.PoolError):
     """Misuse of the pool: a foreign or already returned connection, a closed pool, ..."""
 
@@ -61,4 +67,5 @@ class ServerUnavailable(psycopg2.OperationalError):
         self.unavailable_for = unavailable_for
 
 
-__all__ = ["PoolClosed", "PoolError", "PoolExhausted", "ServerUnavailable", "TooManyRequests"]
+__all__ = ["PoolClosed", "PoolError", "PoolExhausted", "ServerUnavailable", "TooManyRequests",
+           "one_line"]

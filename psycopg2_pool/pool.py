@@ -36,7 +36,14 @@ from ._driver import extensions, psycopg2
 from ._watchdog import WATCHDOG
 from .connection import leave, pooled_class
 from .dsn import default_pool_name, parse_options
-from .errors import PoolClosed, PoolError, PoolExhausted, ServerUnavailable, TooManyRequests
+from .errors import (
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    ServerUnavailable,
+    TooManyRequests,
+    one_line,
+)
 from .events import (
     HOOKS,
     CheckinEvent,
@@ -127,11 +134,6 @@ def _closed_reason(conn: Connection) -> str:
     """Why an unusable connection goes: psycopg2 sets ``closed`` to 1 after ``close()``, to 2
     when the session was lost (server gone, backend terminated)."""
     return DiscardReason.CLOSED_BY_USER if conn.closed == 1 else DiscardReason.BROKEN
-
-
-def _one_line(error: BaseException | None) -> str:
-    """libpq's message on one line (it names host, port and user, never the password)."""
-    return " ".join(str(error).split()) if error is not None else "no error"
 
 
 def check_connection(conn: Connection) -> None:
@@ -405,12 +407,12 @@ class ConnectionPool:
                 if remaining <= 0:
                     break
                 self._opened.wait(remaining)
-            failing = self._backoff.failing
+            now = monotonic()
+            cause = (self._backoff.describe(now) if self._backoff.failing
+                     else "the server has not answered yet")
             error = self._backoff.last_error
             attempts = self._backoff.failures
-            unavailable = self._backoff.unavailable_for(monotonic())
-        cause = (f"{attempts} attempt(s) failed, the last with: {_one_line(error)}" if failing
-                 else "the server has not answered yet")
+            unavailable = self._backoff.unavailable_for(now)
         raise ServerUnavailable(
             f"pool {self.name!r} opened {opened} of minconn={self.minconn} connections within "
             f"{timeout:g} s: {cause}. The pool keeps trying in the background; check that the "
@@ -712,9 +714,7 @@ class ConnectionPool:
             return self._exhausted(started, timeout)  # connects work, if slower than timeout
         self._stats["timeouts"] += 1
         if backoff.failing:
-            cause = (f"{backoff.failures} connection attempt(s) failed over the last "
-                     f"{backoff.unavailable_for(now):.3g} s, the last with: "
-                     f"{_one_line(backoff.last_error)}")
+            cause = backoff.describe(now)
         else:
             cause = (f"the server has not answered a connection attempt for {now - oldest:.3g} s "
                      f"({self._connect_bound})")
@@ -1203,7 +1203,7 @@ class ConnectionPool:
         if began and not self._starting and not self._closed:  # once per outage
             logger.warning("pool %r: cannot open connections (%s: %s); callers that may wait "
                            "keep waiting while the pool retries in the background",
-                           self.name, type(exc).__name__, _one_line(exc))
+                           self.name, type(exc).__name__, one_line(exc))
             if self._on_unavailable:
                 self._emit(self._on_unavailable, UnavailableEvent(self, exc))
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import random
 
+from .errors import one_line
+
 #: Seconds before the first retry, the growth factor, and the longest wait between tries.
 INITIAL_DELAY = 0.05
 FACTOR = 2.0
@@ -60,6 +62,11 @@ class Backoff:
         self.last_error = None
         self.next_attempt = 0.0
         return ended
+
+    def describe(self, now: float) -> str:
+        """The outage in words, for error messages: attempts, how long, libpq's last message."""
+        return (f"{self.failures} connection attempt(s) failed over the last "
+                f"{self.unavailable_for(now):.3g} s, the last with: {one_line(self.last_error)}")
 
     def unavailable_for(self, now: float) -> float:
         """Seconds the pool has been failing to connect (0.0 when it is not)."""

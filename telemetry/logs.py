@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from psycopg2_pool.errors import ServerUnavailable, TooManyRequests
+from psycopg2_pool.errors import ServerUnavailable, TooManyRequests, one_line
 from psycopg2_pool.events import (
     CloseEvent,
     ConnectEvent,
@@ -29,11 +29,6 @@ from psycopg2_pool.events import (
 
 #: structlog logger name (also the stdlib logger name when structlog renders through it).
 LOGGER_NAME = "psycopg2_pool"
-
-
-def one_line(error: BaseException | None) -> str | None:
-    """An error's message on one line: libpq's names host, port and user, never the password."""
-    return " ".join(str(error).split()) if error is not None else None
 
 
 class RateLimit:

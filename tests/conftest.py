@@ -8,9 +8,11 @@ CREATEROLE to let the tests create a role with a connection limit).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -20,7 +22,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from psycopg2_pool import ConnectionPool
+from psycopg2_pool import ConnectionPool, TooManyRequests
 
 DSN_ENV = "PSYCOPG2_POOL_TEST_DSN"
 
@@ -133,6 +135,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.002)
     return True
+
+
+def refuse(pool: ConnectionPool, times: int,
+           around: Callable[[], Any] = contextlib.nullcontext) -> None:
+    """Fill a ``maxconn=1, max_waiting=1`` pool (one connection out, one caller waiting),
+    make ``times`` more ``getconn`` calls, each inside ``around()`` and each refused with
+    ``TooManyRequests``, then let the waiter through."""
+    held = pool.getconn()
+    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
+    waiter.start()
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    for _ in range(times):
+        with around(), pytest.raises(TooManyRequests):
+            pool.getconn(timeout=5)
+    pool.putconn(held)
+    waiter.join(5)
 
 
 def free_port() -> int:

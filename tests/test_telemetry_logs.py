@@ -15,7 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 import structlog
-from conftest import Otel, free_port, wait_until
+from conftest import Otel, free_port, refuse
 from faults import Proxy
 from structlog.testing import capture_logs
 
@@ -24,7 +24,6 @@ from psycopg2_pool import (
     PoolExhausted,
     RecoveredEvent,
     ServerUnavailable,
-    TooManyRequests,
     UnavailableEvent,
 )
 from telemetry import instrument, names
@@ -355,16 +354,8 @@ def test_recovered_and_unavailable_event_shapes(pool: ConnectionPool) -> None:
 def test_a_refusal_is_its_own_rate_limited_event(dsn: str) -> None:
     pool = ConnectionPool(1, 1, dsn=dsn, max_waiting=1, name="full")
     instrument(pool, leak_threshold=None)
-    held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
     with capture_logs() as logs:
-        waiter.start()
-        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-        for _ in range(3):
-            with pytest.raises(TooManyRequests):
-                pool.getconn(timeout=5)
-        pool.putconn(held)
-        waiter.join(5)
+        refuse(pool, 3)
     pool.close()
     (refused,) = events(logs, "request_refused")
     assert refused["log_level"] == "warning"

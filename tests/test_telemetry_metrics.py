@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import Otel, free_port, point, wait_until
+from conftest import Otel, free_port, point, refuse
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
 from psycopg2_pool import (
@@ -17,7 +17,6 @@ from psycopg2_pool import (
     DiscardReason,
     PoolExhausted,
     ServerUnavailable,
-    TooManyRequests,
 )
 from telemetry import instrument, names
 
@@ -222,15 +221,7 @@ def test_attempts_count_successes_and_the_gauge_is_zero_when_connects_work(
 def test_refusals_are_counted_apart_from_timeouts(dsn: str, otel: Otel) -> None:
     pool = ConnectionPool(1, 1, dsn=dsn, max_waiting=1, name="full")
     instrument(pool, meter_provider=otel.meter_provider, leak_threshold=None)
-    held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-    for _ in range(3):
-        with pytest.raises(TooManyRequests):
-            pool.getconn(timeout=5)
-    pool.putconn(held)
-    waiter.join(5)
+    refuse(pool, 3)
     metrics = otel.metrics()
     stats = pool.get_stats()
     pool.close()

@@ -9,11 +9,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import Otel, free_port, wait_until
+from conftest import Otel, free_port, refuse
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from psycopg2_pool import ConnectionPool, PoolExhausted, ServerUnavailable, TooManyRequests
+from psycopg2_pool import ConnectionPool, PoolExhausted, ServerUnavailable
 from telemetry import instrument, names
 
 
@@ -103,14 +103,7 @@ def test_server_unavailable_is_an_error_of_its_own_type(otel: Otel) -> None:
 def test_a_refusal_is_an_error_that_did_not_wait(dsn: str, otel: Otel) -> None:
     pool = ConnectionPool(1, 1, dsn=dsn, max_waiting=1, name="full")
     instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
-    held = pool.getconn()
-    waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn(timeout=5)))
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-    with otel.tracer.start_as_current_span("request"), pytest.raises(TooManyRequests):
-        pool.getconn(timeout=5)
-    pool.putconn(held)
-    waiter.join(5)
+    refuse(pool, 1, around=lambda: otel.tracer.start_as_current_span("request"))
     pool.close()
     (span,) = otel.spans(names.SPAN_GETCONN)  # the waiter's getconn is outside any trace
     assert span.status.status_code == StatusCode.ERROR
