@@ -51,8 +51,9 @@ class CheckoutEvent(NamedTuple):
 
     pool: ConnectionPool
     connection: Any
-    wait_time: float  #: seconds from the call to the hand-out (0.0 when it did not wait)
+    wait_time: float  #: seconds from the call to the hand-out (0.0 when served at once)
     waited: bool  #: True when the call queued for a connection
+    opened: bool = False  #: True when the call opened its connection (``wait_time`` covers it)
 
 
 class CheckinEvent(NamedTuple):

@@ -343,7 +343,7 @@ class ConnectionPool:
                         return self._getconn_slow(None, timeout, counted=True)
                 listeners = self._on_checkout
                 if listeners:  # inlined _emit: this is the path every checkout takes
-                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False))
+                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
                     for method in listeners:
                         try:
                             method(event)
@@ -592,11 +592,20 @@ class ConnectionPool:
                     elif self._size < self.maxconn:
                         self._size += 1
                         self._opening += 1
+                    elif self._bg_connecting and not self._waiters \
+                            and not self._backoff.failing:
+                        # A refill is opening the connection this caller would get: rather
+                        # than fail beside it, take it when it is ready (bounded: a server
+                        # that does not answer fails the caller as a waiter would).
+                        started = monotonic()
+                        conn = self._wait(started, NOT_ANSWERING)
+                        handed_over = True
                     else:
                         self._stats["exhausted"] += 1
                         raise self._exhausted(monotonic(), 0.0)
-                    self._connecting += 1
-                    conn = None
+                    if not handed_over:
+                        self._connecting += 1
+                        conn = None
                 else:
                     if not started:
                         started = monotonic()
@@ -608,7 +617,8 @@ class ConnectionPool:
             if handed_over:  # by putconn or a background open: already reset and checked
                 return self._checked_out(conn, started)
             if conn is None:
-                return self._checked_out(self._open_inline(idle=False), started)
+                opening = monotonic()
+                return self._checked_out(self._open_inline(idle=False), opening, opened=True)
             rec = conn._pool_rec
             reason = self._unusable(conn, rec, rec.since, rec.returned_at)
             if reason is None:
@@ -624,11 +634,13 @@ class ConnectionPool:
         self._out[rec.conn_id] = rec
         return conn
 
-    def _checked_out(self, conn: Connection, started: float) -> Connection:
+    def _checked_out(self, conn: Connection, started: float, *, opened: bool = False
+                     ) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
         if self._on_checkout:
             wait = monotonic() - started if started else 0.0
-            self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, bool(started)))
+            self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, bool(started) and
+                                                        not opened, opened))
         return conn
 
     def _unusable(self, conn: Connection, rec: _Record, now: float,

@@ -18,6 +18,7 @@ from psycopg2_pool import ConnectionPool
 from psycopg2_pool.events import CloseEvent
 
 from . import names
+from .checkouts import CheckoutRecorder
 from .leaks import Leak, LeakDetector
 from .logs import PoolLogs
 from .metrics import PoolMetrics
@@ -42,7 +43,8 @@ class PoolInstrumentation:
     """The handle ``instrument()`` returns: what was attached, and how to take it off."""
 
     def __init__(self, pool: ConnectionPool, *, name: str | None, meter_provider: Any,
-                 tracer_provider: Any, logger: Any, leak_threshold: float | None) -> None:
+                 tracer_provider: Any, logger: Any, leak_threshold: float | None,
+                 checkout_spans: str = "waited") -> None:
         if leak_threshold is not None and (isinstance(leak_threshold, bool) or not isinstance(
                 leak_threshold, (int, float)) or not leak_threshold > 0):
             raise ValueError(f"leak_threshold must be a number of seconds > 0, or None to turn "
@@ -59,10 +61,14 @@ class PoolInstrumentation:
                               if leak_threshold is not None else None)
         self.metrics = PoolMetrics(pool, self.name, meter, self._leak_count)
         self.spans = PoolSpans(self.name, tracer)
-        listeners: list[object] = [self.metrics, self.spans, self.logs]
+        # The only listener on the checkout path: one call per getconn and per putconn for
+        # the metrics, the spans and the leak record. The others see the rarer events.
+        self.checkouts = CheckoutRecorder(self.metrics, self.spans, self.leak_detector,
+                                          checkout_spans)
+        listeners: list[object] = [self.checkouts, self.metrics, self.spans, self.logs]
         if self.leak_detector is not None:
             self.logs.holders = self.leak_detector.holders
-            listeners.insert(0, self.leak_detector)
+            listeners.insert(1, self.leak_detector)
         listeners.append(self)  # on_close: stop the background work with the pool
         self._listeners = tuple(listeners)
         for listener in self._listeners:
@@ -147,13 +153,17 @@ _registry_lock = threading.Lock()
 
 def instrument(pool: ConnectionPool, *, name: str | None = None, meter_provider: Any = None,
                tracer_provider: Any = None, logger: Any = None,
-               leak_threshold: float | None = DEFAULT_LEAK_THRESHOLD) -> PoolInstrumentation:
+               leak_threshold: float | None = DEFAULT_LEAK_THRESHOLD,
+               checkout_spans: str = "waited") -> PoolInstrumentation:
     """Attach OpenTelemetry metrics and spans, structlog events and the leak detector.
 
     ``meter_provider``/``tracer_provider`` default to the global ones (with only
     opentelemetry-api installed they are no-ops and cost next to nothing); ``logger`` defaults
-    to ``structlog.get_logger("psycopg2_pool")``; ``name`` to the pool's name. Instrumenting an
-    instrumented pool returns its existing handle.
+    to ``structlog.get_logger("psycopg2_pool")``; ``name`` to the pool's name.
+    ``checkout_spans``: inside a recording trace, a ``getconn`` span for the checkouts that
+    waited or opened a connection (``"waited"``, and for failures always), for every checkout
+    (``"all"``) or for failures only (``"none"``). Instrumenting an instrumented pool returns
+    its existing handle.
     """
     if not isinstance(pool, ConnectionPool):
         raise TypeError(f"instrument() takes a psycopg2_pool.ConnectionPool, "
@@ -164,7 +174,8 @@ def instrument(pool: ConnectionPool, *, name: str | None = None, meter_provider:
             return existing
         handle = PoolInstrumentation(pool, name=name, meter_provider=meter_provider,
                                      tracer_provider=tracer_provider, logger=logger,
-                                     leak_threshold=leak_threshold)
+                                     leak_threshold=leak_threshold,
+                                     checkout_spans=checkout_spans)
         _registry[pool] = handle
         return handle
 

@@ -25,12 +25,9 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any, NamedTuple
 
-from opentelemetry import trace
-
 from psycopg2_pool import DiscardReason
 from psycopg2_pool.events import (
     CheckinEvent,
-    CheckoutEvent,
     CloseEvent,
     DiscardEvent,
     PoolListener,
@@ -39,22 +36,22 @@ from psycopg2_pool.events import (
 
 from . import stacks
 
-_get_current_span = trace.get_current_span
-_current_thread = threading.current_thread
-_capture = stacks.capture
 
-
-class _Checkout(NamedTuple):
-    """One live checkout: a tuple, the cheapest record to make on the hot path."""
+class Checkout(NamedTuple):
+    """One live checkout: a tuple, the cheapest record to make on the hot path
+    (:class:`telemetry.checkouts.CheckoutRecorder` makes it)."""
 
     conn_ref: weakref.ref[Any]
-    frames: stacks.Frames
+    raw_stack: list[Any]  # code, offset, code, offset... innermost first (one allocation)
     since: float
     thread: threading.Thread  # its name is read when a report is made
     span: Any  # the span current at checkout (its trace id is read when a report is made)
 
-
-_new_checkout = tuple.__new__
+    @property
+    def frames(self) -> stacks.Frames:
+        """The checkout stack as (code, offset) pairs, innermost first."""
+        raw = self.raw_stack
+        return tuple(zip(raw[::2], raw[1::2], strict=True))
 
 
 class Leak(NamedTuple):
@@ -77,7 +74,7 @@ class LeakDetector(PoolListener):
     def __init__(self, threshold: float | None, log: Callable[..., None]) -> None:
         self.threshold = threshold
         self._log = log
-        self._out: dict[int, _Checkout] = {}  # by id(connection)
+        self._out: dict[int, Checkout] = {}  # by id(connection)
         self._reported: set[int] = set()  # checkouts reported past the threshold
         self._expected: dict[int, str] = {}  # checkouts declared long: the reason
         self._lock = threading.Lock()
@@ -89,25 +86,21 @@ class LeakDetector(PoolListener):
         """Leaks found so far: held past the threshold, or collected while checked out."""
         return self.leak_count
 
-    # -- hooks (hot path: a tuple and a frame walk at checkout, a dict pop at checkin) -------
+    # -- the checkout path is telemetry.checkouts': it writes these tables ----------------------
 
-    def on_checkout(self, event: CheckoutEvent) -> None:
-        conn = event.connection
-        # skip=1: this method; the pool's own frames are trimmed when a report is made.
-        self._out[id(conn)] = _new_checkout(_Checkout, (
-            weakref.ref(conn), _capture(1), monotonic(), _current_thread(),
-            _get_current_span()))
+    def tables(self) -> tuple[dict[int, Checkout], set[int], dict[int, str]]:
+        """The live checkouts by ``id(connection)``, the ids reported past the threshold,
+        and the expected long holds with their reasons (for the checkout recorder)."""
+        return self._out, self._reported, self._expected
 
-    def on_checkin(self, event: CheckinEvent) -> None:
-        conn_id = id(event.connection)
-        checkout = self._out.pop(conn_id, None)
-        if self._expected:
-            self._expected.pop(conn_id, None)
-        if self._reported and conn_id in self._reported:
-            self._reported.discard(conn_id)
-            if checkout is not None:
-                self._report("info", "connection_leak_returned", conn_id, checkout,
-                             event.connection, held_s=round(event.use_time, 3))
+    def returned(self, conn_id: int, checkout: Checkout | None, event: CheckinEvent) -> None:
+        """A checkout reported as a suspected leak came back: say so (and how long it was)."""
+        self._reported.discard(conn_id)
+        if checkout is not None:
+            self._report("info", "connection_leak_returned", conn_id, checkout,
+                         event.connection, held_s=round(event.use_time, 3))
+
+    # -- hooks (off the checkout path) -------------------------------------------------------
 
     def on_discard(self, event: DiscardEvent) -> None:
         conn_id = event.connection_id
@@ -193,7 +186,7 @@ class LeakDetector(PoolListener):
         return [leak for when, leak in list(self.collected)
                 if when >= started and when - leak.held_s >= started - 1e-6]
 
-    def _snapshot(self, conn_id: int, checkout: _Checkout, conn: Any, *,
+    def _snapshot(self, conn_id: int, checkout: Checkout, conn: Any, *,
                   now: float | None = None, backend_pid: int = 0) -> Leak:
         held = (monotonic() if now is None else now) - checkout.since
         return Leak(conn_id, backend_pid or _backend_pid(conn), _thread_name(checkout),
@@ -201,7 +194,7 @@ class LeakDetector(PoolListener):
                     stacks.format_stack(checkout.frames), _trace_id(checkout),
                     conn_id in self._reported, self._expected.get(conn_id))
 
-    def _report(self, level: str, event: str, conn_id: int, checkout: _Checkout, conn: Any,
+    def _report(self, level: str, event: str, conn_id: int, checkout: Checkout, conn: Any,
                 *, backend_pid: int = 0, **fields: Any) -> None:
         self._log(level, event, thread=_thread_name(checkout),
                   backend_pid=backend_pid or _backend_pid(conn),
@@ -210,12 +203,12 @@ class LeakDetector(PoolListener):
                   checkout_trace_id=_trace_id(checkout), **fields)
 
 
-def _thread_name(checkout: _Checkout) -> str:
+def _thread_name(checkout: Checkout) -> str:
     thread = checkout.thread
     return thread.name if thread.is_alive() else f"{thread.name} (ended)"
 
 
-def _trace_id(checkout: _Checkout) -> str | None:
+def _trace_id(checkout: Checkout) -> str | None:
     context = checkout.span.get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
 

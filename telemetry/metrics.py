@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from psycopg2_pool import ConnectionPool, DiscardReason
-from psycopg2_pool.events import CheckinEvent, CheckoutEvent, ConnectEvent, PoolListener
+from psycopg2_pool.events import ConnectEvent, PoolListener
 
 from . import names
 from .bulk_record import record_many
@@ -51,19 +51,15 @@ class PoolMetrics(PoolListener):
         self.instruments = _instruments(meter)
         self.instruments.add(self)
 
-    # -- hooks (hot path: an append each) ----------------------------------------------------
+    # -- the checkout path is telemetry.checkouts': it appends to the buffers above -----------
 
-    def on_checkout(self, event: CheckoutEvent) -> None:
-        buffer = self.wait_times
-        buffer.append(event.wait_time)
-        if len(buffer) > BACKLOG:
-            self._drain(buffer, self.instruments.wait_time)
+    def drain_wait_times(self) -> None:
+        """Record the buffered wait times now (a buffer past ``BACKLOG``: backpressure)."""
+        self._drain(self.wait_times, self.instruments.wait_time)
 
-    def on_checkin(self, event: CheckinEvent) -> None:
-        buffer = self.use_times
-        buffer.append(event.use_time)
-        if len(buffer) > BACKLOG:
-            self._drain(buffer, self.instruments.use_time)
+    def drain_use_times(self) -> None:
+        """Record the buffered use times now (a buffer past ``BACKLOG``: backpressure)."""
+        self._drain(self.use_times, self.instruments.use_time)
 
     def on_connect(self, event: ConnectEvent) -> None:
         if event.error is None:

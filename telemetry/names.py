@@ -119,7 +119,7 @@ METRIC_BY_NAME = {m.name: m for m in METRICS}
 #: "<operation> <target>"; the pool name goes in an attribute).
 SPAN_GETCONN = "getconn"
 SPAN_ATTRIBUTES = (POOL_NAME, "psycopg2_pool.wait_time", "psycopg2_pool.waited",
-                   "psycopg2_pool.outcome", ERROR_TYPE)
+                   "psycopg2_pool.opened", "psycopg2_pool.outcome", ERROR_TYPE)
 
 
 class LogEvent(NamedTuple):

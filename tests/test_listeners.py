@@ -120,11 +120,15 @@ def test_connect_checkout_checkin(make_pool: MakePool) -> None:
     assert connect.connection is conn
     assert connect.duration > 0
     assert connect.error is None
-    for checkout in rec.of(CheckoutEvent):
+    opened, reused = rec.of(CheckoutEvent)
+    for checkout in (opened, reused):
         assert checkout.pool is pool
         assert checkout.connection is conn
-        assert checkout.wait_time == 0.0
         assert checkout.waited is False
+    assert opened.opened is True  # nothing idle: getconn opened it, and its wait covers that
+    assert 0 < opened.wait_time <= connect.duration + 0.05
+    assert reused.opened is False
+    assert reused.wait_time == 0.0
     first, second = rec.of(CheckinEvent)
     assert first.connection is conn
     assert first.use_time >= 0.05
@@ -511,4 +515,4 @@ def test_events_are_immutable(make_pool: MakePool) -> None:
     event = rec.of(CheckoutEvent)[0]
     with pytest.raises(AttributeError):
         event.wait_time = 5  # type: ignore[misc]
-    assert event._fields == ("pool", "connection", "wait_time", "waited")
+    assert event._fields == ("pool", "connection", "wait_time", "waited", "opened")

@@ -66,7 +66,8 @@ def test_events_of_a_known_sequence(dsn: str) -> None:
                      "CheckoutEvent", "CheckinEvent", "DiscardEvent", "CloseEvent"]
     connect, out1, timeout, in1, _, in2, discard, close = rec.events
     assert connect.connection is conn and connect.error is None and connect.duration > 0
-    assert out1.connection is conn and out1.wait_time == 0.0 and out1.waited is False
+    assert out1.connection is conn and out1.waited is False
+    assert out1.opened is True and 0 < out1.wait_time <= connect.duration + 0.05
     assert timeout.error is raised.value and timeout.timeout == 0.1
     assert 0.1 <= timeout.wait_time < 1
     assert "noted by a listener" in raised.value.__notes__
@@ -190,6 +191,6 @@ def test_duck_typed_listener_and_removal(dsn: str) -> None:
     pool.putconn(pool.getconn())
     pool.remove_listener(listener)
     pool.putconn(pool.getconn())
-    assert seen == [0.0]
+    assert len(seen) == 1 and seen[0] > 0  # the one checkout it saw opened its connection
     assert pool.listeners == ()
     pool.close()

@@ -13,7 +13,7 @@ import pytest
 from conftest import MakePool
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
-from telemetry import instrument, metrics
+from telemetry import checkouts, instrument
 
 BLOCK = 1.5  # how long the blocked telemetry holds its caller
 
@@ -43,7 +43,7 @@ def test_a_blocking_span_processor_holds_only_its_own_thread(make_pool: MakePool
     provider = TracerProvider()
     provider.add_span_processor(Blocking())
     pool = make_pool(2, 2, timeout=5)
-    instrument(pool, tracer_provider=provider, leak_threshold=None)
+    instrument(pool, tracer_provider=provider, leak_threshold=None, checkout_spans="all")
     traced: list[Any] = []
 
     def in_a_trace() -> None:
@@ -88,7 +88,7 @@ def test_a_blocking_metric_exporter_neither_stalls_nor_grows(make_pool: MakePool
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
             release.set()
 
-    monkeypatch.setattr(metrics, "BACKLOG", 1000)  # small, to see the bound kick in
+    monkeypatch.setattr(checkouts, "BACKLOG", 1000)  # small, to see the bound kick in
     reader = PeriodicExportingMetricReader(Stuck(), export_interval_millis=50)
     provider = MeterProvider(metric_readers=[reader])
     pool = make_pool(1, 1)

@@ -28,7 +28,8 @@ def test_instrument_twice_returns_the_same_handle(pool: ConnectionPool, otel: Ot
     first = instrument(pool, meter_provider=otel.meter_provider, leak_threshold=None)
     second = instrument(pool, meter_provider=otel.meter_provider, leak_threshold=None)
     assert first is second
-    assert len(pool.listeners) == 4  # metrics, spans, logs, and the handle (on_close)
+    # the checkout recorder, metrics, spans, logs, and the handle (on_close)
+    assert len(pool.listeners) == 5
     pool.putconn(pool.getconn())
     assert point(otel.metrics()[names.USE_TIME]).count == 1  # not counted twice
 
@@ -97,7 +98,8 @@ class RaisingProcessor(SpanProcessor):
 def test_raising_span_processor_does_not_break_the_pool(pool: ConnectionPool,
                                                         otel: Otel) -> None:
     otel.tracer_provider.add_span_processor(RaisingProcessor())
-    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None,
+               checkout_spans="all")
     with otel.tracer.start_as_current_span("request"):
         for _ in range(20):
             pool.putconn(pool.getconn())

@@ -37,8 +37,17 @@ def test_no_span_inside_a_non_recording_span(pool: ConnectionPool, otel: Otel) -
     assert otel.spans() == []
 
 
-def test_getconn_span_is_a_child_of_the_current_span(pool: ConnectionPool, otel: Otel) -> None:
+def test_no_span_for_a_checkout_served_at_once(pool: ConnectionPool, otel: Otel) -> None:
     instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
+    with otel.tracer.start_as_current_span("request"):
+        pool.putconn(pool.getconn())
+    assert otel.spans(names.SPAN_GETCONN) == []
+    assert [s.name for s in otel.spans()] == ["request"]
+
+
+def test_every_checkout_gets_a_span_when_asked(pool: ConnectionPool, otel: Otel) -> None:
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None,
+               checkout_spans="all")
     with otel.tracer.start_as_current_span("request") as request:
         conn = pool.getconn()
     pool.putconn(conn)
@@ -48,19 +57,60 @@ def test_getconn_span_is_a_child_of_the_current_span(pool: ConnectionPool, otel:
     assert span.attributes[names.POOL_NAME] == "span-test"
     assert span.attributes["psycopg2_pool.outcome"] == "acquired"
     assert span.attributes["psycopg2_pool.waited"] is False
+    assert span.attributes["psycopg2_pool.opened"] is False
     assert span.status.status_code == StatusCode.UNSET
+
+
+def test_a_checkout_that_opened_its_connection_gets_a_span(dsn: str, otel: Otel) -> None:
+    pool = ConnectionPool(0, 1, dsn=dsn, name="opens")
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
+    with otel.tracer.start_as_current_span("request") as request:
+        started = time.monotonic()
+        conn = pool.getconn(timeout=0)  # nothing idle: opened on this thread
+        took = time.monotonic() - started
+    pool.putconn(conn)
+    pool.close()
+    (span,) = otel.spans(names.SPAN_GETCONN)
+    assert span.parent.span_id == request.get_span_context().span_id
+    assert span.attributes["psycopg2_pool.opened"] is True
+    assert span.attributes["psycopg2_pool.waited"] is False
+    wait = span.attributes["psycopg2_pool.wait_time"]
+    assert 0 < wait <= took  # the wait covers the connect
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(wait, abs=0.002)
+
+
+def test_no_checkout_spans_but_failures(pool: ConnectionPool, otel: Otel) -> None:
+    instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None,
+               checkout_spans="none")
+    held = pool.getconn()
+    threading.Timer(0.05, pool.putconn, args=(held,)).start()
+    with otel.tracer.start_as_current_span("request"):
+        pool.putconn(pool.getconn(timeout=5))  # waited: no span asked for
+        held = pool.getconn()
+        with pytest.raises(PoolExhausted):
+            pool.getconn(timeout=0.05)
+    pool.putconn(held)
+    (span,) = otel.spans(names.SPAN_GETCONN)
+    assert span.attributes["psycopg2_pool.outcome"] == "timeout"
+
+
+def test_checkout_spans_must_be_a_known_choice(pool: ConnectionPool) -> None:
+    with pytest.raises(ValueError, match="checkout_spans must be one of waited, all, none"):
+        instrument(pool, checkout_spans="some")
 
 
 def test_span_covers_the_wait(pool: ConnectionPool, otel: Otel) -> None:
     instrument(pool, tracer_provider=otel.tracer_provider, leak_threshold=None)
     held = pool.getconn()
     threading.Timer(0.15, pool.putconn, args=(held,)).start()
-    with otel.tracer.start_as_current_span("request"):
+    with otel.tracer.start_as_current_span("request") as request:
         conn = pool.getconn(timeout=5)
     pool.putconn(conn)
     (span,) = otel.spans(names.SPAN_GETCONN)
     duration = (span.end_time - span.start_time) / 1e9
+    assert span.parent.span_id == request.get_span_context().span_id
     assert span.attributes["psycopg2_pool.waited"] is True
+    assert span.attributes["psycopg2_pool.opened"] is False
     assert 0.1 <= duration < 2
     assert span.attributes["psycopg2_pool.wait_time"] == pytest.approx(duration, abs=0.01)
 

@@ -309,3 +309,33 @@ def test_waiter_gets_a_new_connection_when_the_returned_one_is_discarded(
     assert stats["connections_num"] == 2
     assert stats["connections_discarded"] == 1
     pool.putconn(waiter.conn)
+
+
+def test_timeout_0_takes_the_connection_a_refill_is_opening(make_pool: MakePool) -> None:
+    # timeout=0 fails at once when every slot is used, but not when one of them is a
+    # background refill about to hand over a connection: it takes that one when it is ready.
+    main = threading.current_thread()
+
+    def slow_in_the_background(conn: Any) -> None:
+        if threading.current_thread() is not main:
+            time.sleep(0.4)
+
+    pool = make_pool(1, 2, timeout=0, configure=slow_in_the_background)
+    pool.wait()
+    first = pool.getconn()
+    pool.putconn(first, close=True)  # minconn: a refill starts in the background
+    wait_until(lambda: pool._bg_connecting == 1)
+    second = pool.getconn()  # a free slot: opened on this thread
+    started = time.monotonic()
+    third = pool.getconn()  # the last slot is the refill's: wait for it, do not fail
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert third is not second and not third.closed
+    pool.putconn(second)
+    pool.putconn(third)
+    with pytest.raises(PoolExhausted):  # nothing in flight: at once, as before
+        held = [pool.getconn(), pool.getconn()]
+        try:
+            pool.getconn()
+        finally:
+            for conn in held:
+                pool.putconn(conn)
