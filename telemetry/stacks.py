@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import linecache
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Sequence
@@ -134,13 +135,19 @@ def extract(frames: Frames, limit: int = 12) -> tuple[tuple[Frame, ...], int]:
     return tuple(out), len(shown) - len(kept)
 
 
+# A password written in the source (a URL's ``user:secret@``, ``password=secret``) must not
+# reach a log through a source line.
+_SECRET = re.compile(r"""(?P<url>://[^\s:/@'"]*:)[^\s@'"]+(?=@)"""
+                     r"""|(?P<kw>\bpassword\s*=\s*['"]?)[^\s'",)]+""", re.IGNORECASE)
+
+
 def _source(filename: str, line: int) -> str | None:
     try:  # a report may be made at interpreter exit, when reading a file can fail
         linecache.checkcache(filename)
         text = linecache.getline(filename, line).strip()
     except Exception:  # noqa: BLE001 - the source is a courtesy; the report goes on without it
         return None
-    return text or None
+    return _SECRET.sub(lambda m: (m["url"] or m["kw"]) + "***", text) or None
 
 
 def format_block(frames: Sequence[Frame], omitted: int = 0, header: str = STACK_HEADER) -> str:
