@@ -174,8 +174,15 @@ class FrameList(list[dict[str, Any]]):
         return f"<{len(self)} frame{'' if len(self) == 1 else 's'}>"
 
 
+@functools.lru_cache(maxsize=1024)
 def site(frames: Frames) -> str:
-    """The checkout site: the innermost application frame."""
+    """The checkout site: the innermost application frame.
+
+    Cached by stack (a tuple of code objects and offsets, cheap to hash): an exhausted pool
+    asks for the site of every checkout at each timeout, and most checkouts share a few stacks
+    (~2 µs instead of ~20 µs for 20 frames). The file stays relative to the working directory
+    of the first call for that stack.
+    """
     shown = application_frames(frames)
     return format_frame(*shown[0]) if shown else "<unknown>"
 
