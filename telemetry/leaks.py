@@ -11,7 +11,10 @@ Modelled on HikariCP's ``leakDetectionThreshold``, with what its users keep aski
 - one checkout can be declared an expected long hold (:meth:`LeakDetector.expect_long_hold`);
 - a leak counter (the ``psycopg2_pool.connection.leaks`` metric) and a snapshot API
   (:meth:`LeakDetector.leaks`);
-- on exhaustion, "who took them all": the top checkout sites, with counts and ages.
+- on exhaustion, "who took them all": the top checkout sites, with counts, ages and the trace
+  ids of the requests holding them;
+- reports that read like a traceback in a console (structlog's ``stack`` key) and stay
+  structured in JSON (``checkout_frames``).
 
 Scans run on the shared background worker, never under the pool's lock.
 """
