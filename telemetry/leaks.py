@@ -82,6 +82,7 @@ class Leak(NamedTuple):
     #: The same stack, outermost first (the checkout line last), with the source lines.
     frames: tuple[stacks.Frame, ...] = ()
     omitted: int = 0  #: outer frames left out of ``frames``
+    since: float = 0.0  #: when it was checked out (``time.monotonic()``)
 
     @property
     def traceback(self) -> str:
@@ -208,8 +209,10 @@ class LeakDetector(PoolListener):
 
     def collected_since(self, started: float) -> list[Leak]:
         """Connections checked out and garbage-collected unreturned since ``started``."""
+        # ``since``, not ``when - held_s``: held_s is rounded to the millisecond, enough to
+        # move a checkout made just after ``started`` to just before it.
         return [leak for when, leak in list(self.collected)
-                if when >= started and when - leak.held_s >= started - 1e-6]
+                if when >= started and leak.since >= started]
 
     def _snapshot(self, conn_id: int, checkout: _Checkout, conn: Any, *,
                   now: float | None = None, backend_pid: int = 0) -> Leak:
@@ -218,7 +221,8 @@ class LeakDetector(PoolListener):
         return Leak(conn_id, backend_pid or _backend_pid(conn), _thread_name(checkout),
                     round(held, 3), stacks.site(checkout.frames),
                     stacks.format_stack(checkout.frames), _trace_id(checkout),
-                    conn_id in self._reported, self._expected.get(conn_id), frames, omitted)
+                    conn_id in self._reported, self._expected.get(conn_id), frames, omitted,
+                    checkout.since)
 
     def _report(self, level: str, event: str, conn_id: int, checkout: _Checkout, conn: Any,
                 *, backend_pid: int = 0, **fields: Any) -> None:
