@@ -382,3 +382,15 @@ def test_background_work_stops_when_the_pool_closes(dsn: str) -> None:
     WORKER.join()
     assert not WORKER.running
     handle.uninstrument()
+
+
+def test_collected_since_compares_the_checkout_time_exactly(pool: ConnectionPool,
+                                                            handle: PoolInstrumentation) -> None:
+    """The pytest plugin's question: dropped, and checked out at or after the test started."""
+    detector = handle.leak_detector
+    assert detector is not None
+    dropped(pool)
+    gc.collect()
+    (_, leak) = detector.collected[-1]
+    assert detector.collected_since(leak.since) == [leak]
+    assert detector.collected_since(leak.since + 1e-9) == []  # checked out before: not blamed
