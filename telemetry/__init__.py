@@ -3,8 +3,9 @@
 ``from telemetry import instrument``; ``handle = instrument(pool)``; ``handle.uninstrument()``.
 See docs/metrics.md for every metric, span and log event, and docs/leaks.md for leak reports.
 
-Names are imported on first use, so that the pytest plugin this package registers costs
-nothing (and needs no OpenTelemetry) in test sessions that do not use it.
+Names are imported on first use, so that importing the package (or ``telemetry.pytest_plugin``,
+kept for installs made before the plugin moved to ``psycopg2_pool.pytest_plugin``) costs
+nothing and needs no OpenTelemetry.
 """
 
 from __future__ import annotations

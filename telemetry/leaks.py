@@ -11,7 +11,10 @@ Modelled on HikariCP's ``leakDetectionThreshold``, with what its users keep aski
 - one checkout can be declared an expected long hold (:meth:`LeakDetector.expect_long_hold`);
 - a leak counter (the ``psycopg2_pool.connection.leaks`` metric) and a snapshot API
   (:meth:`LeakDetector.leaks`);
-- on exhaustion, "who took them all": the top checkout sites, with counts and ages.
+- on exhaustion, "who took them all": the top checkout sites, with counts, ages and the trace
+  ids of the requests holding them;
+- reports that read like a traceback in a console (structlog's ``stack`` key) and stay
+  structured in JSON (``checkout_frames``).
 
 Scans run on the shared background worker, never under the pool's lock.
 """
@@ -23,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from psycopg2_pool import DiscardReason
 from psycopg2_pool.events import (
@@ -35,6 +38,9 @@ from psycopg2_pool.events import (
 )
 
 from . import stacks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from psycopg2_pool.leakcheck import LeakChecker
 
 
 class Checkout(NamedTuple):
@@ -55,7 +61,11 @@ class Checkout(NamedTuple):
 
 
 class Leak(NamedTuple):
-    """A snapshot of one checked-out connection, for programs and tests."""
+    """A snapshot of one checked-out connection, for programs and tests.
+
+    It satisfies :class:`psycopg2_pool.leakcheck.LeakRecord` (``site``, ``traceback``): the
+    pytest plugin, which lives in ``psycopg2_pool`` and never imports this package, prints it.
+    """
 
     connection_id: int
     backend_pid: int
@@ -66,6 +76,15 @@ class Leak(NamedTuple):
     trace_id: str | None
     reported: bool  #: held past the threshold and reported
     expected: str | None  #: the reason given to ``expect_long_hold``, if any
+    #: The same stack, outermost first (the checkout line last), with the source lines.
+    frames: tuple[stacks.Frame, ...] = ()
+    omitted: int = 0  #: outer frames left out of ``frames``
+    since: float = 0.0  #: when it was checked out (``time.monotonic()``)
+
+    @property
+    def traceback(self) -> str:
+        """The checkout stack as a traceback-style block (what the ``stack`` log key holds)."""
+        return stacks.format_block(self.frames, self.omitted)
 
 
 class LeakDetector(PoolListener):
@@ -123,9 +142,7 @@ class LeakDetector(PoolListener):
     def on_timeout(self, event: TimeoutEvent) -> None:
         holders = self.holders()
         if holders and hasattr(event.error, "add_note"):
-            text = "; ".join(f"{h['count']} held by {h['site']} (oldest {h['oldest_s']} s)"
-                             for h in holders)
-            event.error.add_note(f"connections checked out by: {text}")
+            event.error.add_note(holders_note(holders))
 
     def on_close(self, event: CloseEvent) -> None:
         for conn_id, checkout in list(self._out.items()):
@@ -169,9 +186,11 @@ class LeakDetector(PoolListener):
         return sorted(out, key=lambda leak: -leak.held_s)
 
     def holders(self) -> list[dict[str, object]]:
-        """The top checkout sites holding connections: ``site``, ``count``, ``oldest_s``."""
+        """The top checkout sites holding connections: ``site``, ``count``, ``oldest_s`` and
+        ``trace_ids``, the traces of the requests holding them (from the span each checkout
+        already keeps: nothing more is paid at checkout)."""
         now = monotonic()
-        return stacks.sites_summary([(stacks.site(c.frames), now - c.since)
+        return stacks.sites_summary([(stacks.site(c.frames), now - c.since, _trace_id(c))
                                      for c in list(self._out.values())])
 
     def checkouts_since(self, started: float) -> list[Leak]:
@@ -183,24 +202,46 @@ class LeakDetector(PoolListener):
 
     def collected_since(self, started: float) -> list[Leak]:
         """Connections checked out and garbage-collected unreturned since ``started``."""
+        # ``since``, not ``when - held_s``: held_s is rounded to the millisecond, enough to
+        # move a checkout made just after ``started`` to just before it.
         return [leak for when, leak in list(self.collected)
-                if when >= started and when - leak.held_s >= started - 1e-6]
+                if when >= started and leak.since >= started]
 
     def _snapshot(self, conn_id: int, checkout: Checkout, conn: Any, *,
                   now: float | None = None, backend_pid: int = 0) -> Leak:
         held = (monotonic() if now is None else now) - checkout.since
+        frames, omitted = stacks.extract(checkout.frames)
         return Leak(conn_id, backend_pid or _backend_pid(conn), _thread_name(checkout),
                     round(held, 3), stacks.site(checkout.frames),
                     stacks.format_stack(checkout.frames), _trace_id(checkout),
-                    conn_id in self._reported, self._expected.get(conn_id))
+                    conn_id in self._reported, self._expected.get(conn_id), frames, omitted,
+                    checkout.since)
 
     def _report(self, level: str, event: str, conn_id: int, checkout: Checkout, conn: Any,
                 *, backend_pid: int = 0, **fields: Any) -> None:
+        # Formatted here, only when a report is made. The stack goes out twice, each in
+        # structlog's own convention: ``stack``, a string that ConsoleRenderer prints as a
+        # block after the event line (as it does StackInfoRenderer's), and
+        # ``checkout_frames``, a list of dicts that JSONRenderer keeps structured (its repr,
+        # on the console line, is short).
+        frames, omitted = stacks.extract(checkout.frames)
         self._log(level, event, thread=_thread_name(checkout),
                   backend_pid=backend_pid or _backend_pid(conn),
                   site=stacks.site(checkout.frames),
-                  checkout_stack=stacks.format_stack(checkout.frames),
-                  checkout_trace_id=_trace_id(checkout), **fields)
+                  checkout_trace_id=_trace_id(checkout),
+                  checkout_frames=stacks.FrameList(f.as_dict() for f in frames),
+                  stack=stacks.format_block(frames, omitted), **fields)
+
+
+def holders_note(holders: list[dict[str, object]]) -> str:
+    """The note added to ``PoolExhausted``: per holding site, its count, age and traces."""
+    parts = []
+    for h in holders:
+        trace_ids = h.get("trace_ids")
+        traces = f"; traces {', '.join(map(str, trace_ids))}" if isinstance(
+            trace_ids, list) and trace_ids else ""
+        parts.append(f"{h['count']} held by {h['site']} (oldest {h['oldest_s']} s{traces})")
+    return f"connections checked out by: {'; '.join(parts)}"
 
 
 def _thread_name(checkout: Checkout) -> str:
@@ -220,3 +261,7 @@ def _backend_pid(conn: Any) -> int:
         return int(conn.info.backend_pid)
     except Exception:  # noqa: BLE001 - a closed connection has no backend any more
         return 0
+
+
+if TYPE_CHECKING:  # pragma: no cover - mypy checks that the detector fits the plugin's seam
+    _seam: LeakChecker = LeakDetector(None, print)

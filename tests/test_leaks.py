@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ def line_of(marker: str) -> int:
 def site(marker: str, function: str) -> str:
     """How a report names the line: ``file:line in function``, file relative to the cwd."""
     return f"{os.path.relpath(HERE)}:{line_of(marker)} in {function}"
+
+
+def frame(marker: str, function: str) -> dict[str, Any]:
+    """How ``checkout_frames`` gives that line: the file as Python prints it, the source."""
+    line = line_of(marker)
+    return {"file": str(HERE), "line": line, "function": function,
+            "source": HERE.read_text().splitlines()[line - 1].strip()}
 
 
 @pytest.fixture
@@ -130,14 +138,14 @@ def test_held_leak_is_reported_once_with_its_line(pool: ConnectionPool,
         handle.leak_detector.scan()  # type: ignore[union-attr]  # a second scan: no repeat
     (report,) = suspected(logs)
     assert report["site"] == site(marker, function)
-    assert report["checkout_stack"][0] == site(marker, function)
+    assert report["checkout_frames"][-1] == frame(marker, function)  # most recent call last
     assert report["pool"] == "leak-test"
     assert report["held_s"] >= 0.05
     assert report["thread"] == threading.current_thread().name
     assert report["backend_pid"] > 0
     assert report["threshold_s"] == 0.05
     # application frames only: no pytest, pluggy or pool frames in the stack
-    assert all(HERE.name in frame for frame in report["checkout_stack"])
+    assert all(f["file"] == str(HERE) for f in report["checkout_frames"])
     assert handle.leak_detector.count() == 1  # type: ignore[union-attr]
 
 
@@ -147,8 +155,8 @@ def test_helper_report_also_names_the_caller(pool: ConnectionPool,
         conn = caller_of_helper(pool)
         scan_after_threshold(handle)
     (report,) = suspected(logs)
-    assert report["checkout_stack"][:2] == [site("helper", "get_db"),
-                                            site("helper-caller", "caller_of_helper")]
+    assert report["checkout_frames"][-2:] == [frame("helper-caller", "caller_of_helper"),
+                                              frame("helper", "get_db")]
     pool.putconn(conn)
 
 
@@ -230,22 +238,61 @@ def test_close_reports_connections_still_out(pool: ConnectionPool,
     pool.putconn(conn)
 
 
-def test_exhaustion_names_who_took_them_all(dsn: str) -> None:
-    pool = ConnectionPool(0, 3, dsn=dsn, name="exhaust")
+def test_exhaustion_names_who_took_them_all(dsn: str, otel: Otel) -> None:
+    pool = ConnectionPool(0, 4, dsn=dsn, name="exhaust")
     handle = instrument(pool, leak_threshold=60)
-    keep: list[Any] = [Repository(pool), Repository(pool), caller_of_helper(pool)]
-    with capture_logs() as logs, pytest.raises(PoolExhausted) as raised:
-        pool.getconn()
-    (event,) = [e for e in logs if e["event"] == "pool_exhausted"]
-    assert event["holders"][0] == {"site": site("stored-on-object", "__init__"), "count": 2,
-                                   "oldest_s": event["holders"][0]["oldest_s"]}
-    assert event["holders"][1]["site"] == site("helper", "get_db")
-    notes = "\n".join(getattr(raised.value, "__notes__", []))
-    assert f"2 held by {site('stored-on-object', '__init__')}" in notes
-    del keep
-    gc.collect()
-    pool.close()
-    handle.uninstrument()
+    keep: list[Any] = [Repository(pool)]  # outside any trace: no trace id for this one
+    time.sleep(0.01)  # the requests' checkouts are younger: the untraced one is the oldest
+    requests: list[str] = []
+    for name in ("GET /a", "GET /b"):
+        with otel.tracer.start_as_current_span(name) as span:
+            keep.append(Repository(pool) if name == "GET /a" else caller_of_helper(pool))
+            requests.append(format(span.get_span_context().trace_id, "032x"))
+    with otel.tracer.start_as_current_span("GET /c") as span:
+        keep.append(Repository(pool))
+        requests.append(format(span.get_span_context().trace_id, "032x"))
+    try:
+        with capture_logs() as logs, pytest.raises(PoolExhausted) as raised:
+            pool.getconn()
+        (event,) = [e for e in logs if e["event"] == "pool_exhausted"]
+        stored, helper = event["holders"]
+        assert stored == {"site": site("stored-on-object", "__init__"), "count": 3,
+                          "oldest_s": stored["oldest_s"],
+                          "trace_ids": [requests[0], requests[2]]}  # oldest first
+        assert helper == {"site": site("helper", "get_db"), "count": 1,
+                          "oldest_s": helper["oldest_s"], "trace_ids": [requests[1]]}
+        assert stored["oldest_s"] >= 0.01
+        (note,) = raised.value.__notes__  # made a moment before the log event: other ages
+        age = r"[0-9.]+"
+        assert re.fullmatch(
+            re.escape(f"connections checked out by: 3 held by "
+                      f"{site('stored-on-object', '__init__')} (oldest ") + age
+            + re.escape(f" s; traces {requests[0]}, {requests[2]}); 1 held by "
+                        f"{site('helper', 'get_db')} (oldest ") + age
+            + re.escape(f" s; traces {requests[1]})"), note), note
+    finally:
+        del keep
+        gc.collect()
+        pool.close()
+        handle.uninstrument()
+
+
+def test_exhaustion_lists_a_few_traces_per_site(dsn: str, otel: Otel) -> None:
+    pool = ConnectionPool(0, 7, dsn=dsn, name="exhaust-many")
+    handle = instrument(pool, leak_threshold=60)
+    keep: list[Any] = []
+    for number in range(7):
+        with otel.tracer.start_as_current_span(f"request {number}"):
+            keep.append(Repository(pool))
+    try:
+        (holder,) = handle.leak_detector.holders()  # type: ignore[union-attr]
+        assert holder["count"] == 7
+        assert len(holder["trace_ids"]) == 5  # type: ignore[arg-type]  # bounded
+    finally:
+        del keep
+        gc.collect()
+        pool.close()
+        handle.uninstrument()
 
 
 def test_snapshot_api(pool: ConnectionPool, handle: PoolInstrumentation, otel: Otel) -> None:
@@ -335,3 +382,15 @@ def test_background_work_stops_when_the_pool_closes(dsn: str) -> None:
     WORKER.join()
     assert not WORKER.running
     handle.uninstrument()
+
+
+def test_collected_since_compares_the_checkout_time_exactly(pool: ConnectionPool,
+                                                            handle: PoolInstrumentation) -> None:
+    """The pytest plugin's question: dropped, and checked out at or after the test started."""
+    detector = handle.leak_detector
+    assert detector is not None
+    dropped(pool)
+    gc.collect()
+    (_, leak) = detector.collected[-1]
+    assert detector.collected_since(leak.since) == [leak]
+    assert detector.collected_since(leak.since + 1e-9) == []  # checked out before: not blamed
