@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import random
+import sys
 import threading
 import weakref
 from collections import deque
@@ -111,7 +112,17 @@ class _Record:
         self.key: Hashable | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
+    #: Bound here, not looked up as a module global: during interpreter teardown the
+    #: module's globals may already be None when a connection held by a module is collected.
+    _finalizing = staticmethod(sys.is_finalizing)
+
     def _collected(self, _ref: weakref.ref[Any]) -> None:
+        if self._finalizing():
+            # Interpreter teardown collects connections that modules still held: not leaks,
+            # and nothing can report them any more (imports are halted, so a listener that
+            # logs would fail and the failure would be printed as noise after the real
+            # traceback). The process ends; the server sees the sessions close.
+            return
         pool = self.pool_ref()
         if pool is not None and pool._out.pop(self.conn_id, None) is self:
             pool._connection_collected(self)
