@@ -59,6 +59,7 @@ from .events import (
     UnavailableEvent,
 )
 from .options import (
+    IDLE_TIMEOUT,
     connect_timeout_default,
     connect_timeout_text,
     count,
@@ -162,7 +163,8 @@ class ConnectionPool:
     """A thread-safe pool of psycopg2 connections.
 
     ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
-    psycopg2-pool 1.2; see docs/api.md for every argument, attribute and error.
+    psycopg2-pool 1.2, and ``(minconn, maxconn, dsn, ...)`` as in psycopg2.pool: a str third
+    positional argument is the DSN. See docs/api.md for every argument, attribute and error.
 
     Concurrency: the common checkout (an idle connection is there) and return (nobody is
     waiting) touch only ``deque``/``dict`` operations that are atomic in CPython, as
@@ -170,8 +172,9 @@ class ConnectionPool:
     one lock that is never held across I/O.
     """
 
-    def __init__(self, minconn: int = 1, maxconn: float = _INF, idle_timeout: float | None = 600,
-                 *, timeout: float = 0.0, max_lifetime: float | None = None,
+    def __init__(self, minconn: int = 1, maxconn: float = _INF, *args: Any,
+                 idle_timeout: float | None = IDLE_TIMEOUT,
+                 timeout: float = 0.0, max_lifetime: float | None = None,
                  check_idle_after: float | None = None,
                  check: Callable[[Connection], object] | None = None,
                  io_timeout: float | None = 5.0, max_waiting: int = 0, num_workers: int = 3,
@@ -179,6 +182,9 @@ class ConnectionPool:
                  reset: Callable[[Connection], object] | None = None,
                  name: str | None = None, **connect_kwargs: Any) -> None:
         sizes(minconn, maxconn)
+        # After maxconn: psycopg2-pool 1.2's idle_timeout, or psycopg2.pool's arguments of
+        # psycopg2.connect (a str first: the DSN), which land in connect_kwargs.
+        idle_timeout = _options.positional(args, idle_timeout, connect_kwargs)
         _options.hook("check", check)
         _options.hook("configure", configure)
         _options.hook("reset", reset)
@@ -186,9 +192,6 @@ class ConnectionPool:
             raise TypeError("name must be a non-empty str")
         if connect_kwargs.get("async") or connect_kwargs.get("async_"):
             raise TypeError("asynchronous connections cannot be pooled; drop async=True")
-        if isinstance(idle_timeout, str):  # psycopg2.pool's positional DSN; never quote it
-            raise TypeError("idle_timeout must be a number of seconds or None, got str "
-                            "(pass the DSN as dsn=...)")
         factory = connect_kwargs.get("connection_factory")
         if factory is None:
             factory = extensions.connection
@@ -1430,8 +1433,13 @@ _COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "requests_refused", 
 
 #: psycopg2.pool's name; the same thread-safe class.
 ThreadedConnectionPool = ConnectionPool
+#: psycopg2.pool's name of its unlocked pool: thread safety costs nothing uncontended here,
+#: so there is no unsafe variant to pick.
+SimpleConnectionPool = ConnectionPool
+#: psycopg2.pool's base class, for ``isinstance`` checks and annotations written against it.
+AbstractConnectionPool = ConnectionPool
 #: psycopg2-pool 1.2's name; the same thread-safe class.
 ThreadSafeConnectionPool = ConnectionPool
 
-__all__ = ["ConnectionPool", "ThreadSafeConnectionPool", "ThreadedConnectionPool",
-           "check_connection"]
+__all__ = ["AbstractConnectionPool", "ConnectionPool", "SimpleConnectionPool",
+           "ThreadSafeConnectionPool", "ThreadedConnectionPool", "check_connection"]

@@ -617,13 +617,13 @@ def test_malformed_options_fail_without_the_password(kwargs: dict[str, Any],
     assert_clean([*exception_texts(raised.value), caplog.text])
 
 
-@pytest.mark.parametrize("build", [
-    lambda t: {"dsn": t.uri, "pasword": PLAIN},
-    lambda t: {"dsn": f"{t.base} pasword={PLAIN}"},
+@pytest.mark.parametrize(("build", "error"), [
+    (lambda t: {"dsn": t.uri, "pasword": PLAIN}, TypeError),  # an unexpected keyword
+    (lambda t: {"dsn": f"{t.base} pasword={PLAIN}"}, ValueError),  # a malformed DSN
 ], ids=["keyword", "in-key-value-dsn"])
 def test_unknown_option_error_names_the_option_not_the_value(
-        build: Callable[[Target], dict[str, Any]], dsn: str) -> None:
-    with pytest.raises(TypeError, match="pasword") as raised:
+        build: Callable[[Target], dict[str, Any]], error: type[Exception], dsn: str) -> None:
+    with pytest.raises(error, match="pasword") as raised:
         ConnectionPool(0, 1, **build(server_target(dsn)))
     assert_clean(exception_texts(raised.value))
 
