@@ -99,8 +99,23 @@ def default_pool_name(options: dict[str, str]) -> str:
     host = options.get("host") or options.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
     port = options.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = (options.get("dbname") or os.environ.get("PGDATABASE")
-              or options.get("user") or os.environ.get("PGUSER") or "postgres")
+              or options.get("user") or os.environ.get("PGUSER") or _os_user())
     return f"{host}:{port}/{dbname}"
+
+
+def _os_user() -> str:
+    """libpq's last resort for the user, hence the database: the effective OS user's name."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # not POSIX, or a uid without a passwd entry
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except Exception:  # noqa: BLE001 - no name at all: the name is only a label
+            return "postgres"
 
 
 __all__ = ["PYTHON_CONNECT_ARGS", "default_pool_name", "parse_options", "redact_libpq_message"]

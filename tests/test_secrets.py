@@ -126,10 +126,15 @@ REFUSED = Target("refused", "127.0.0.1", "1", "app", "db", "127.0.0.1:1", reacha
 
 
 def server_target(dsn: str) -> Target:
-    options = psycopg2.extensions.parse_dsn(dsn)
-    return Target("server", options["host"], options.get("port", "5432"),
-                  options.get("user", "postgres"), options.get("dbname", "postgres"), "",
-                  reachable=True)
+    """The test server as libpq resolves ``dsn`` (it may leave host, user or dbname to the
+    PG* variables or libpq's defaults: a ``PSYCOPG2_POOL_TEST_DSN`` need not name them)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        info = conn.info
+        return Target("server", info.host, str(info.port), info.user, info.dbname, "",
+                      reachable=True)
+    finally:
+        conn.close()
 
 
 Build = Callable[[Target, str, Path], dict[str, Any]]  # (target, password, passfile) -> kwargs
