@@ -1,9 +1,9 @@
 """psycopg2_pool: an observable connection pool for psycopg2.
 
-``from psycopg2_pool import ConnectionPool`` — the API of psycopg2-pool 1.2 and the keywords of
-``psycopg2.pool``, plus waiting with a timeout, health checks, statistics and a listener
-interface (:mod:`psycopg2_pool.events`) that the ``telemetry`` package turns into metrics,
-spans, logs and leak reports.
+``from psycopg2_pool import ConnectionPool`` — the API of psycopg2-pool 1.2 and that of
+``psycopg2.pool`` (its class names and positional signature), plus waiting with a timeout,
+health checks, statistics and a listener interface (:mod:`psycopg2_pool.events`) that the
+``telemetry`` package turns into metrics, spans, logs and leak reports.
 """
 
 from __future__ import annotations
@@ -22,11 +22,19 @@ from .events import (
     TimeoutEvent,
     UnavailableEvent,
 )
-from .pool import ConnectionPool, ThreadedConnectionPool, ThreadSafeConnectionPool, check_connection
+from .pool import (
+    AbstractConnectionPool,
+    ConnectionPool,
+    SimpleConnectionPool,
+    ThreadedConnectionPool,
+    ThreadSafeConnectionPool,
+    check_connection,
+)
 
 __version__ = "2.0.0.dev0"
 
 __all__ = [
+    "AbstractConnectionPool",
     "CheckinEvent",
     "CheckoutEvent",
     "CloseEvent",
@@ -41,6 +49,7 @@ __all__ = [
     "PooledConnection",
     "RecoveredEvent",
     "ServerUnavailable",
+    "SimpleConnectionPool",
     "ThreadSafeConnectionPool",
     "ThreadedConnectionPool",
     "TimeoutEvent",

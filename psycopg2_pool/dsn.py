@@ -33,13 +33,16 @@ def redact_libpq_message(message: str) -> str:
         return f'invalid connection option "{match.group(1)}"'
     message = _MISSING_EQUALS.sub(r'\1"…"\2', message)
     message = _TRAILING.sub(': "…"', message)
-    return _QUOTED.sub('"…"', message)
+    # libpq's own `"="` (in `missing "=" after`) says what to add: it quotes no input.
+    return _QUOTED.sub(lambda m: m.group() if m.group() == '"="' else '"…"', message)
 
 
 def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
     """Return the libpq options that ``connect_kwargs`` amount to (password included).
 
-    Raises ``ValueError`` (bad DSN) or ``TypeError`` (unknown keyword) with a message that
+    Raises ``ValueError`` for a malformed DSN (an unknown option inside the string included:
+    the string is at fault, as with any other bad key=value pair) and ``TypeError`` for an
+    unknown keyword argument (as Python does for an unexpected keyword), with a message that
     never quotes the connection string.
     """
     libpq_kwargs = {k: v for k, v in connect_kwargs.items()
@@ -53,9 +56,13 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
     if "\x00" in dsn:  # libpq would read up to it and connect with the rest
         raise ValueError("invalid connection string (dsn): it contains a NUL character; "
                          "remove it")
+    # The string alone first, so that its faults are told from the keywords'.
+    detail = _libpq_refusal(dsn)
+    if detail is not None:
+        raise ValueError(_bad_dsn(detail))
     try:
         return dict(extensions.parse_dsn(extensions.make_dsn(dsn, **libpq_kwargs)))
-    except psycopg2.ProgrammingError as exc:  # libpq refused the options
+    except psycopg2.ProgrammingError as exc:  # libpq refused a keyword
         detail = redact_libpq_message(str(exc).removeprefix("invalid dsn: "))
     # Raised outside the except block: libpq's own message (which may quote the password)
     # must not ride along as the new exception's __context__.
@@ -64,8 +71,23 @@ def parse_options(connect_kwargs: dict[str, Any]) -> dict[str, str]:
             f"unknown connection argument: {detail}; pass only psycopg2.connect() "
             f"arguments and libpq connection options (host, port, dbname, user, "
             f"password, connect_timeout, sslmode, ...)")
-    raise ValueError(f"invalid connection string (dsn): {detail}; check its "
-                     f"key=value pairs or URI syntax")
+    raise ValueError(_bad_dsn(detail))
+
+
+def _libpq_refusal(dsn: str) -> str | None:
+    """libpq's reason for refusing ``dsn`` (redacted), or None if it parses."""
+    try:
+        extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        return redact_libpq_message(str(exc).removeprefix("invalid dsn: "))
+    return None
+
+
+def _bad_dsn(detail: str) -> str:
+    if detail.startswith("invalid connection option"):
+        return (f"invalid connection string (dsn): {detail}; check the option's spelling "
+                f"(host, port, dbname, user, password, connect_timeout, sslmode, ...)")
+    return f"invalid connection string (dsn): {detail}; check its key=value pairs or URI syntax"
 
 
 def default_pool_name(options: dict[str, str]) -> str:
@@ -77,8 +99,23 @@ def default_pool_name(options: dict[str, str]) -> str:
     host = options.get("host") or options.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
     port = options.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = (options.get("dbname") or os.environ.get("PGDATABASE")
-              or options.get("user") or os.environ.get("PGUSER") or "postgres")
+              or options.get("user") or os.environ.get("PGUSER") or _os_user())
     return f"{host}:{port}/{dbname}"
+
+
+def _os_user() -> str:
+    """libpq's last resort for the user, hence the database: the effective OS user's name."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # not POSIX, or a uid without a passwd entry
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except Exception:  # noqa: BLE001 - no name at all: the name is only a label
+            return "postgres"
 
 
 __all__ = ["PYTHON_CONNECT_ARGS", "default_pool_name", "parse_options", "redact_libpq_message"]

@@ -18,6 +18,56 @@ _INF = math.inf
 DEFAULT_CONNECT_TIMEOUT = 10
 
 
+class _Default(float):
+    """A default that can be told from the same number passed explicitly (``is``), so that
+    ``idle_timeout`` given both positionally and by keyword is refused, not silently picked."""
+
+    def __repr__(self) -> str:
+        return f"{float(self):g}"
+
+
+#: ``idle_timeout``'s default (psycopg2-pool 1.2's): seconds an idle connection is kept.
+IDLE_TIMEOUT: float = _Default(600)
+
+#: psycopg2.connect's positional parameters, in order: what psycopg2.pool passes its ``*args``
+#: to after ``minconn, maxconn``.
+CONNECT_POSITIONAL = ("dsn", "connection_factory", "cursor_factory")
+_ORDINALS = ("third", "fourth", "fifth")
+
+
+def positional(args: tuple[Any, ...], idle_timeout: Any, connect_kwargs: dict[str, Any]) -> Any:
+    """Sort out the positional arguments after ``maxconn``; return ``idle_timeout``.
+
+    psycopg2-pool 1.2 takes ``idle_timeout`` third; psycopg2.pool passes everything after
+    ``maxconn`` to ``psycopg2.connect`` (``dsn, connection_factory, cursor_factory``). A number
+    or None cannot be a DSN and a str cannot be a duration, so the third argument's type
+    decides; psycopg2.pool's arguments are moved into ``connect_kwargs``. No message quotes a
+    value: the DSN may hold a password.
+    """
+    if not args:
+        return idle_timeout
+    if isinstance(args[0], str):
+        if len(args) > len(CONNECT_POSITIONAL):
+            raise TypeError(f"after minconn and maxconn, psycopg2.connect() takes at most 3 "
+                            f"positional arguments (dsn, connection_factory, cursor_factory), "
+                            f"got {len(args)}; pass the others by keyword")
+        for name, value, ordinal in zip(CONNECT_POSITIONAL, args, _ORDINALS, strict=False):
+            if name in connect_kwargs:
+                raise TypeError(f"{name} given twice: as the {ordinal} positional argument "
+                                f"and as {name}=; pass it once")
+            connect_kwargs[name] = value
+        return idle_timeout
+    if idle_timeout is not IDLE_TIMEOUT:
+        raise TypeError("idle_timeout given twice: as the third positional argument and as "
+                        "idle_timeout=; pass it once")
+    if len(args) > 1:
+        raise TypeError(f"with idle_timeout third (a number or None), ConnectionPool() takes "
+                        f"at most 3 positional arguments (minconn, maxconn, idle_timeout), got "
+                        f"{2 + len(args)}; pass connection arguments by keyword (dsn=..., "
+                        f"host=..., ...), or the DSN third as psycopg2.pool does")
+    return args[0]
+
+
 def seconds(name: str, value: Any, *, positive: bool = False, optional: bool = False) -> float:
     """Validate a duration argument: a real number of seconds, not NaN, not negative."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -88,5 +138,6 @@ def connect_timeout_text(options: dict[str, str], connect_args: dict[str, Any]) 
     return f"connect_timeout={os.environ.get('PGCONNECT_TIMEOUT', '')} s, from PGCONNECT_TIMEOUT"
 
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect_timeout_default", "connect_timeout_text",
-           "count", "hook", "optional_seconds", "seconds", "sizes"]
+__all__ = ["CONNECT_POSITIONAL", "DEFAULT_CONNECT_TIMEOUT", "IDLE_TIMEOUT",
+           "connect_timeout_default", "connect_timeout_text", "count", "hook",
+           "optional_seconds", "positional", "seconds", "sizes"]

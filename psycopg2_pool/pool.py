@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import random
+import sys
 import threading
 import weakref
 from collections import deque
@@ -58,6 +59,7 @@ from .events import (
     UnavailableEvent,
 )
 from .options import (
+    IDLE_TIMEOUT,
     connect_timeout_default,
     connect_timeout_text,
     count,
@@ -111,7 +113,17 @@ class _Record:
         self.key: Hashable | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
+    #: Bound here, not looked up as a module global: during interpreter teardown the
+    #: module's globals may already be None when a connection held by a module is collected.
+    _finalizing = staticmethod(sys.is_finalizing)
+
     def _collected(self, _ref: weakref.ref[Any]) -> None:
+        if self._finalizing():
+            # Interpreter teardown collects connections that modules still held: not leaks,
+            # and nothing can report them any more (imports are halted, so a listener that
+            # logs would fail and the failure would be printed as noise after the real
+            # traceback). The process ends; the server sees the sessions close.
+            return
         pool = self.pool_ref()
         if pool is not None and pool._out.pop(self.conn_id, None) is self:
             pool._connection_collected(self)
@@ -151,7 +163,8 @@ class ConnectionPool:
     """A thread-safe pool of psycopg2 connections.
 
     ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
-    psycopg2-pool 1.2; see docs/api.md for every argument, attribute and error.
+    psycopg2-pool 1.2, and ``(minconn, maxconn, dsn, ...)`` as in psycopg2.pool: a str third
+    positional argument is the DSN. See docs/api.md for every argument, attribute and error.
 
     Concurrency: the common checkout (an idle connection is there) and return (nobody is
     waiting) touch only ``deque``/``dict`` operations that are atomic in CPython, as
@@ -159,8 +172,9 @@ class ConnectionPool:
     one lock that is never held across I/O.
     """
 
-    def __init__(self, minconn: int = 1, maxconn: float = _INF, idle_timeout: float | None = 600,
-                 *, timeout: float = 0.0, max_lifetime: float | None = None,
+    def __init__(self, minconn: int = 1, maxconn: float = _INF, *args: Any,
+                 idle_timeout: float | None = IDLE_TIMEOUT,
+                 timeout: float = 0.0, max_lifetime: float | None = None,
                  check_idle_after: float | None = None,
                  check: Callable[[Connection], object] | None = None,
                  io_timeout: float | None = 5.0, max_waiting: int = 0, num_workers: int = 3,
@@ -168,6 +182,9 @@ class ConnectionPool:
                  reset: Callable[[Connection], object] | None = None,
                  name: str | None = None, **connect_kwargs: Any) -> None:
         sizes(minconn, maxconn)
+        # After maxconn: psycopg2-pool 1.2's idle_timeout, or psycopg2.pool's arguments of
+        # psycopg2.connect (a str first: the DSN), which land in connect_kwargs.
+        idle_timeout = _options.positional(args, idle_timeout, connect_kwargs)
         _options.hook("check", check)
         _options.hook("configure", configure)
         _options.hook("reset", reset)
@@ -175,9 +192,6 @@ class ConnectionPool:
             raise TypeError("name must be a non-empty str")
         if connect_kwargs.get("async") or connect_kwargs.get("async_"):
             raise TypeError("asynchronous connections cannot be pooled; drop async=True")
-        if isinstance(idle_timeout, str):  # psycopg2.pool's positional DSN; never quote it
-            raise TypeError("idle_timeout must be a number of seconds or None, got str "
-                            "(pass the DSN as dsn=...)")
         factory = connect_kwargs.get("connection_factory")
         if factory is None:
             factory = extensions.connection
@@ -1431,8 +1445,13 @@ _COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "requests_refused", 
 
 #: psycopg2.pool's name; the same thread-safe class.
 ThreadedConnectionPool = ConnectionPool
+#: psycopg2.pool's name of its unlocked pool: thread safety costs nothing uncontended here,
+#: so there is no unsafe variant to pick.
+SimpleConnectionPool = ConnectionPool
+#: psycopg2.pool's base class, for ``isinstance`` checks and annotations written against it.
+AbstractConnectionPool = ConnectionPool
 #: psycopg2-pool 1.2's name; the same thread-safe class.
 ThreadSafeConnectionPool = ConnectionPool
 
-__all__ = ["ConnectionPool", "ThreadSafeConnectionPool", "ThreadedConnectionPool",
-           "check_connection"]
+__all__ = ["AbstractConnectionPool", "ConnectionPool", "SimpleConnectionPool",
+           "ThreadSafeConnectionPool", "ThreadedConnectionPool", "check_connection"]

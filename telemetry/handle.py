@@ -1,8 +1,8 @@
 """``instrument(pool)`` / ``uninstrument(pool)``: attach metrics, spans, logs and leak detection.
 
 The telemetry sees the pool only through its public listener interface
-(:mod:`psycopg2_pool.events`). Instrumenting a pool twice returns the existing handle, so
-nothing is counted twice.
+(:mod:`psycopg2_pool.events`). Instrumenting a pool twice with the same settings returns the
+existing handle, so nothing is counted twice; with other settings it raises.
 """
 
 from __future__ import annotations
@@ -151,6 +151,15 @@ _registry: weakref.WeakKeyDictionary[ConnectionPool, PoolInstrumentation] = (
 _registry_lock = threading.Lock()
 
 
+#: What each handle was asked for (``instrument()``'s arguments, ``name`` resolved), to tell
+#: a repeated call from a conflicting one.
+_requested: weakref.WeakKeyDictionary[PoolInstrumentation, dict[str, Any]] = (
+    weakref.WeakKeyDictionary())
+
+#: Compared by identity: two providers or loggers are the same only if they are one object.
+_BY_IDENTITY = ("meter_provider", "tracer_provider", "logger")
+
+
 def instrument(pool: ConnectionPool, *, name: str | None = None, meter_provider: Any = None,
                tracer_provider: Any = None, logger: Any = None,
                leak_threshold: float | None = DEFAULT_LEAK_THRESHOLD,
@@ -162,22 +171,55 @@ def instrument(pool: ConnectionPool, *, name: str | None = None, meter_provider:
     to ``structlog.get_logger("psycopg2_pool")``; ``name`` to the pool's name.
     ``checkout_spans``: inside a recording trace, a ``getconn`` span for the checkouts that
     waited or opened a connection (``"waited"``, and for failures always), for every checkout
-    (``"all"``) or for failures only (``"none"``). Instrumenting an instrumented pool returns
-    its existing handle.
+    (``"all"``) or for failures only (``"none"``).
+
+    Instrumenting an instrumented pool with the same settings returns its existing handle
+    (nothing is counted twice); with different ones it raises ``ValueError``: the new settings
+    could not take effect, and dropping them silently would leave, say, a leak threshold other
+    than the one the program states. ``uninstrument(pool)`` first to change them.
     """
     if not isinstance(pool, ConnectionPool):
         raise TypeError(f"instrument() takes a psycopg2_pool.ConnectionPool, "
                         f"got {type(pool).__name__}")
+    requested = {"name": name or pool.name, "meter_provider": meter_provider,
+                 "tracer_provider": tracer_provider, "logger": logger,
+                 "leak_threshold": leak_threshold, "checkout_spans": checkout_spans}
     with _registry_lock:
         existing = _registry.get(pool)
         if existing is not None:
+            _check_same(existing, requested)
             return existing
         handle = PoolInstrumentation(pool, name=name, meter_provider=meter_provider,
                                      tracer_provider=tracer_provider, logger=logger,
                                      leak_threshold=leak_threshold,
                                      checkout_spans=checkout_spans)
+        _requested[handle] = requested
         _registry[pool] = handle
         return handle
+
+
+def _check_same(handle: PoolInstrumentation, requested: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming every setting of ``requested`` the live handle differs in."""
+    before = _requested.get(handle, {})
+    differ = [key for key, value in requested.items()
+              if key in before and (before[key] is not value if key in _BY_IDENTITY
+                                    else before[key] != value)]
+    if not differ:
+        return
+    has = ", ".join(f"{key}={_shown(before[key])}" for key in differ)
+    asks = ", ".join(f"{key}={_shown(requested[key])}" for key in differ)
+    raise ValueError(f"pool {handle.name!r} is already instrumented with {has}; this call "
+                     f"asks for {asks}, which cannot take effect on a live instrumentation. "
+                     f"Call uninstrument(pool) first to instrument it anew, or pass the same "
+                     f"settings to get the existing handle (telemetry.instrumentation(pool) "
+                     f"returns it without settings)")
+
+
+def _shown(value: Any) -> str:
+    """A setting for a message: numbers and names as written, objects by their type."""
+    if value is None or isinstance(value, (int, float, str)):
+        return repr(value)
+    return f"<{type(value).__name__} object>"
 
 
 def uninstrument(pool: ConnectionPool) -> None:

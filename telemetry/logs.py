@@ -3,11 +3,21 @@
 Event names are stable snake_case (listed in :mod:`telemetry.names`); every event carries
 ``pool`` and, inside a trace, ``trace_id``/``span_id``. The logger comes from
 ``structlog.get_logger`` at call time, so the application's structlog configuration (JSON,
-console, or stdlib logging) decides how it is rendered.
+console, or stdlib logging) decides how it is rendered, and which levels pass.
+
+An application that never configured structlog did not ask for these events: structlog's
+default then prints every level to stdout, a ``connection_discarded`` line per connection. So
+until ``structlog.configure()`` is called (or a ``logger`` is given to ``instrument()``), an
+event passes only at a level the stdlib logger ``psycopg2_pool`` is enabled for — WARNING
+unless the application set a level, as for any library's stdlib logger: warnings and errors
+still show, routine events (debug, info) do not. ``logging.getLogger("psycopg2_pool")
+.setLevel(logging.DEBUG)`` (or ``basicConfig(level=...)``) shows them without configuring
+structlog.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -29,6 +39,11 @@ from psycopg2_pool.events import (
 
 #: structlog logger name (also the stdlib logger name when structlog renders through it).
 LOGGER_NAME = "psycopg2_pool"
+
+#: Decides which levels pass while structlog is not configured (see the module docstring).
+_STDLIB_LOGGER = logging.getLogger(LOGGER_NAME)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
 class RateLimit:
@@ -100,7 +115,15 @@ class PoolLogs(PoolListener):
         return self._logger if self._logger is not None else structlog.get_logger(LOGGER_NAME)
 
     def log(self, level: str, event: str, **fields: Any) -> None:
-        """Emit ``event`` at ``level`` with the pool name and the current trace ids."""
+        """Emit ``event`` at ``level`` with the pool name and the current trace ids.
+
+        Held back, while structlog is not configured and no logger was given, below the
+        level of the stdlib ``psycopg2_pool`` logger (WARNING by default): an unconfigured
+        structlog would print every routine event to stdout.
+        """
+        if self._logger is None and not structlog.is_configured() and \
+                not _STDLIB_LOGGER.isEnabledFor(_LEVELS.get(level, logging.WARNING)):
+            return
         getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
 
     def on_timeout(self, event: TimeoutEvent) -> None:

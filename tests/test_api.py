@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -660,3 +661,18 @@ def test_connections_in_use(make_pool: MakePool) -> None:
     assert pool.connections_in_use == {b}
     pool.putconn(b)
     assert pool.connections_in_use == frozenset()
+
+
+def test_default_name_without_dbname_or_user_is_libpq_s_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq falls back to the OS user's name for the user, hence the database: so does the
+    name (it said ``postgres``, a database such a pool never connects to)."""
+    import pwd
+
+    for variable in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(variable, raising=False)
+    pool = ConnectionPool(0, 1, host="db.example")
+    try:
+        assert pool.name == f"db.example:5432/{pwd.getpwuid(os.geteuid()).pw_name}"
+    finally:
+        pool.close()

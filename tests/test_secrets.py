@@ -126,10 +126,15 @@ REFUSED = Target("refused", "127.0.0.1", "1", "app", "db", "127.0.0.1:1", reacha
 
 
 def server_target(dsn: str) -> Target:
-    options = psycopg2.extensions.parse_dsn(dsn)
-    return Target("server", options["host"], options.get("port", "5432"),
-                  options.get("user", "postgres"), options.get("dbname", "postgres"), "",
-                  reachable=True)
+    """The test server as libpq resolves ``dsn`` (it may leave host, user or dbname to the
+    PG* variables or libpq's defaults: a ``PSYCOPG2_POOL_TEST_DSN`` need not name them)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        info = conn.info
+        return Target("server", info.host, str(info.port), info.user, info.dbname, "",
+                      reachable=True)
+    finally:
+        conn.close()
 
 
 Build = Callable[[Target, str, Path], dict[str, Any]]  # (target, password, passfile) -> kwargs
@@ -617,13 +622,13 @@ def test_malformed_options_fail_without_the_password(kwargs: dict[str, Any],
     assert_clean([*exception_texts(raised.value), caplog.text])
 
 
-@pytest.mark.parametrize("build", [
-    lambda t: {"dsn": t.uri, "pasword": PLAIN},
-    lambda t: {"dsn": f"{t.base} pasword={PLAIN}"},
+@pytest.mark.parametrize(("build", "error"), [
+    (lambda t: {"dsn": t.uri, "pasword": PLAIN}, TypeError),  # an unexpected keyword
+    (lambda t: {"dsn": f"{t.base} pasword={PLAIN}"}, ValueError),  # a malformed DSN
 ], ids=["keyword", "in-key-value-dsn"])
 def test_unknown_option_error_names_the_option_not_the_value(
-        build: Callable[[Target], dict[str, Any]], dsn: str) -> None:
-    with pytest.raises(TypeError, match="pasword") as raised:
+        build: Callable[[Target], dict[str, Any]], error: type[Exception], dsn: str) -> None:
+    with pytest.raises(error, match="pasword") as raised:
         ConnectionPool(0, 1, **build(server_target(dsn)))
     assert_clean(exception_texts(raised.value))
 
