@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -119,3 +121,43 @@ def test_installed_opentelemetry_agrees_with_the_pins() -> None:
                 checked += 1
     if not checked:
         pytest.skip(f"none of the pinned versions is installed: {pins}")
+
+
+# -- a built wheel, installed as the quick start says: the demo's summary points at real files --
+
+FIND = """
+import psycopg2_pool, telemetry.demo as demo
+print(psycopg2_pool.__file__)
+print(demo.where('dashboards/psycopg2-pool-overview.json'))
+print(demo.where('docs/dashboards.md'))
+"""
+
+
+def test_built_wheel_installs_what_the_demo_points_at(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache", ".cache"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=180)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("psycopg2_pool-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         f"{wheel}[binary,telemetry]"], capture_output=True, text=True, timeout=180)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run([str(python), "-c", FIND], capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path, env=env)
+    assert found.returncode == 0, found.stderr[-2000:]
+    package, dashboard, guide = found.stdout.split("\n")[:3]
+    assert package.startswith(str(venv)), package  # the wheel's copy, not the checkout's
+    share = venv / "share" / "psycopg2-pool"
+    assert dashboard == str(share / "dashboards" / "psycopg2-pool-overview.json")
+    assert guide == str(share / "docs" / "dashboards.md")
+    assert Path(dashboard).read_text() == (ROOT / "dashboards" /
+                                           "psycopg2-pool-overview.json").read_text()
