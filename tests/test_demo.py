@@ -154,7 +154,7 @@ def render(raw: str) -> list[str]:
 def test_log_lines_do_not_glue_onto_the_live_progress_bar(dsn: str) -> None:
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        [*DEMO, "--dsn", dsn, "--duration", "4", "--port", "0", "--leak-threshold", "0.5"],
+        [*DEMO, "--dsn", dsn, "--duration", "3", "--port", "0", "--leak-threshold", "0.3"],
         stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, cwd=ROOT,
         env=environment())
     os.close(secondary)

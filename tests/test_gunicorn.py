@@ -98,14 +98,20 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @pytest.fixture
-def gunicorn(dsn: str, tmp_path: Path) -> Iterator[tuple[int, int]]:
+def ports() -> tuple[int, int]:
+    """gunicorn's port, and the first of the two workers' metrics ports."""
+    return free_port(), free_port_pair()
+
+
+@pytest.fixture
+def gunicorn(dsn: str, ports: tuple[int, int], tmp_path: Path) -> Iterator[tuple[int, int]]:
     """The guide's app.py and gunicorn.conf.py under real gunicorn: (http port, metrics port)."""
     require_gunicorn()
     app = tmp_path / "app"
     app.mkdir()
     (app / "app.py").write_text(recipe("# app.py"))
     (app / "gunicorn.conf.py").write_text(recipe("# gunicorn.conf.py"))
-    http, metrics = free_port(), free_port_pair()
+    http, metrics = ports
     env = dict(os.environ, APP_DSN=dsn, METRICS_PORT=str(metrics),
                PYTHONPATH=os.pathsep.join([str(app), str(ROOT),
                                            os.environ.get("PYTHONPATH", "")]))
@@ -128,14 +134,16 @@ def gunicorn(dsn: str, tmp_path: Path) -> Iterator[tuple[int, int]]:
 
 
 @pytest.fixture
-def prometheus(gunicorn: tuple[int, int], tmp_path: Path) -> Iterator[str]:
-    """A real Prometheus with the guide's prometheus.yml, pointed at this test's ports."""
+def prometheus(ports: tuple[int, int], tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus with the guide's prometheus.yml, pointed at this test's ports (started
+    first: it takes some seconds to scrape for the first time)."""
+    require_gunicorn()
     binary = require_binary("prometheus")
-    _, metrics = gunicorn
+    _, metrics = ports
     scrape = recipe("# prometheus.yml").replace("127.0.0.1:9464", f"127.0.0.1:{metrics}")
     scrape = scrape.replace("127.0.0.1:9465", f"127.0.0.1:{metrics + 1}")
     config = tmp_path / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + scrape)
+    config.write_text("global:\n  scrape_interval: 500ms\n  evaluation_interval: 1s\n" + scrape)
     port = free_port()
     log = tmp_path / "prometheus.log"
     with log.open("wb") as out:
@@ -166,12 +174,12 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def substitute(expr: str) -> str:
-    return (expr.replace("$__rate_interval", "5s").replace("$__range", "1m")
+    return (expr.replace("$__rate_interval", "3s").replace("$__range", "1m")
             .replace("$job", "web").replace("$instance", ".*").replace("$pool", "web"))
 
 
 def test_gunicorn_recipe_two_workers_both_pools_on_the_dashboard(
-        gunicorn: tuple[int, int], prometheus: str) -> None:
+        prometheus: str, gunicorn: tuple[int, int]) -> None:
     http, metrics = gunicorn
     instances = {f"127.0.0.1:{metrics}", f"127.0.0.1:{metrics + 1}"}
     stop_event = threading.Event()
@@ -183,7 +191,7 @@ def test_gunicorn_recipe_two_workers_both_pools_on_the_dashboard(
     try:
         deadline = time.monotonic() + 15
         rated = ('count_over_time(db_client_connection_wait_time_seconds_count'
-                 '{job="web"}[5s]) >= 3')
+                 '{job="web"}[3s]) >= 4')
         while time.monotonic() < deadline:
             time.sleep(0.5)
             if len(query(prometheus, rated)) == 2:
