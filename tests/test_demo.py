@@ -45,7 +45,7 @@ def test_bad_option_is_refused() -> None:
 
 def test_brief_run_reports_the_leak_and_serves_metrics(dsn: str) -> None:
     process = subprocess.Popen(
-        [*DEMO, "--dsn", dsn, "--duration", "4", "--port", "0", "--leak-threshold", "0.5",
+        [*DEMO, "--dsn", dsn, "--duration", "3", "--port", "0", "--leak-threshold", "0.5",
          "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         cwd=ROOT, env=environment())
     assert process.stdout is not None
