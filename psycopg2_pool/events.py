@@ -8,6 +8,14 @@ the event, never while holding its lock. A method that raises is logged on the
 ``putconn``. With no listener the pool builds no event at all.
 
 Events are small immutable records. Times are seconds (floats) from ``time.monotonic``.
+
+The two hooks on every checkout and return have a second form, for listeners that pay for each
+query (telemetry): ``on_checkout_fields(pool, connection, wait_time, waited, opened)`` and
+``on_checkin_fields(pool, connection, use_time, kept, reason)`` receive the fields of
+:class:`CheckoutEvent` and :class:`CheckinEvent` as arguments, so that the pool builds no event
+object for them (a named tuple costs ~0.15 µs, as much as the rest of a bare checkout). Like
+HikariCP's metrics tracker, it is the narrow seam for hot-path observers; the event forms stay
+the simple one.
 """
 
 from __future__ import annotations
@@ -129,6 +137,14 @@ class PoolListener:
     def on_checkin(self, event: CheckinEvent) -> None:
         """``putconn`` received a connection."""
 
+    def on_checkout_fields(self, pool: ConnectionPool, connection: Any, wait_time: float,
+                           waited: bool, opened: bool) -> None:
+        """``on_checkout`` with the event's fields as arguments: no event object is built."""
+
+    def on_checkin_fields(self, pool: ConnectionPool, connection: Any, use_time: float,
+                          kept: bool, reason: str | None) -> None:
+        """``on_checkin`` with the event's fields as arguments: no event object is built."""
+
     def on_timeout(self, event: TimeoutEvent) -> None:
         """``getconn`` is about to raise ``PoolExhausted``."""
 
@@ -146,8 +162,8 @@ class PoolListener:
 
 
 #: Listener method names, in the order the pool dispatches them.
-HOOKS = ("on_connect", "on_checkout", "on_checkin", "on_timeout", "on_discard", "on_unavailable",
-         "on_recovered", "on_close")
+HOOKS = ("on_connect", "on_checkout_fields", "on_checkout", "on_checkin_fields", "on_checkin",
+         "on_timeout", "on_discard", "on_unavailable", "on_recovered", "on_close")
 
 __all__ = ["CheckinEvent", "CheckoutEvent", "CloseEvent", "ConnectEvent", "DiscardEvent",
            "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent", "TimeoutEvent",

@@ -263,6 +263,9 @@ class ConnectionPool:
         self._on_connect: tuple[Callable[[Any], None], ...] = ()
         self._on_checkout: tuple[Callable[[Any], None], ...] = ()
         self._on_checkin: tuple[Callable[[Any], None], ...] = ()
+        self._on_checkout_fields: tuple[Callable[..., None], ...] = ()
+        self._on_checkin_fields: tuple[Callable[..., None], ...] = ()
+        self._checkout_hooked = self._checkin_hooked = False
         self._on_timeout: tuple[Callable[[Any], None], ...] = ()
         self._on_discard: tuple[Callable[[Any], None], ...] = ()
         self._on_unavailable: tuple[Callable[[Any], None], ...] = ()
@@ -355,14 +358,20 @@ class ConnectionPool:
                     if reason is not None:
                         self._discard(conn, rec, reason)
                         return self._getconn_slow(None, timeout, counted=True)
-                listeners = self._on_checkout
-                if listeners:  # inlined _emit: this is the path every checkout takes
-                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
-                    for method in listeners:
+                if self._checkout_hooked:  # inlined dispatch: the path every checkout takes
+                    for method in self._on_checkout_fields:
                         try:
-                            method(event)
+                            method(self, conn, 0.0, False, False)
                         except Exception:  # noqa: BLE001 - a listener must never break the pool
                             self._listener_failed(method)
+                    listeners = self._on_checkout
+                    if listeners:
+                        event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
+                        for method in listeners:
+                            try:
+                                method(event)
+                            except Exception:  # noqa: BLE001 - never break the pool
+                                self._listener_failed(method)
                 return conn
         return self._getconn_slow(key, timeout, counted=False)
 
@@ -384,14 +393,21 @@ class ConnectionPool:
                                          and len(self.idle_connections) >= self.minconn):
             self._putconn_slow(conn, rec, now, close)
             return
-        listeners = self._on_checkin
-        if listeners:  # before anyone else can check it out, so that events stay in order
-            event = _new_event(CheckinEvent, (self, conn, now - rec.since, True, None))
-            for method in listeners:
+        if self._checkin_hooked:  # before anyone else can check it out: events stay in order
+            use_time = now - rec.since
+            for method in self._on_checkin_fields:
                 try:
-                    method(event)
+                    method(self, conn, use_time, True, None)
                 except Exception:  # noqa: BLE001 - a listener must never break the pool
                     self._listener_failed(method)
+            listeners = self._on_checkin
+            if listeners:
+                event = _new_event(CheckinEvent, (self, conn, use_time, True, None))
+                for method in listeners:
+                    try:
+                        method(event)
+                    except Exception:  # noqa: BLE001 - a listener must never break the pool
+                        self._listener_failed(method)
         self.return_times[conn] = now
         self.idle_connections.append(conn)
         if self._waiters or self._closed:  # a waiter or close() came in meanwhile
@@ -651,10 +667,16 @@ class ConnectionPool:
     def _checked_out(self, conn: Connection, started: float, *, opened: bool = False
                      ) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
-        if self._on_checkout:
+        if self._checkout_hooked:
             wait = monotonic() - started if started else 0.0
-            self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, bool(started) and
-                                                        not opened, opened))
+            waited = bool(started) and not opened
+            for method in self._on_checkout_fields:
+                try:
+                    method(self, conn, wait, waited, opened)
+                except Exception:  # noqa: BLE001 - a listener must never break the pool
+                    self._listener_failed(method)
+            if self._on_checkout:
+                self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, waited, opened))
         return conn
 
     def _unusable(self, conn: Connection, rec: _Record, now: float,
@@ -859,9 +881,15 @@ class ConnectionPool:
             reason = DiscardReason.IDLE_TIMEOUT
         if reason is None and self._reset_hook is not None:
             reason = self._run_reset(conn, rec)
-        if self._on_checkin:  # before anyone else can check it out: events stay in order
-            self._emit(self._on_checkin, CheckinEvent(self, conn, now - rec.since,
-                                                      reason is None, reason))
+        if self._checkin_hooked:  # before anyone else can check it out: events stay in order
+            use_time, kept = now - rec.since, reason is None
+            for method in self._on_checkin_fields:
+                try:
+                    method(self, conn, use_time, kept, reason)
+                except Exception:  # noqa: BLE001 - a listener must never break the pool
+                    self._listener_failed(method)
+            if self._on_checkin:
+                self._emit(self._on_checkin, CheckinEvent(self, conn, use_time, kept, reason))
         with self._lock:
             if reason is None and self._closed:  # close() ran since the check above
                 reason = DiscardReason.POOL_CLOSED
@@ -1368,6 +1396,8 @@ class ConnectionPool:
                     continue  # PoolListener's no-op: skip it, it costs a call per event
                 methods.append(method)
             setattr(self, f"_{hook}", tuple(methods))
+        self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields)
+        self._checkin_hooked = bool(self._on_checkin or self._on_checkin_fields)
 
     def _emit(self, methods: tuple[Callable[[Any], None], ...], event: object) -> None:
         for method in methods:

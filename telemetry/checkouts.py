@@ -28,9 +28,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation import _SPAN_KEY
 
-from psycopg2_pool.events import CheckinEvent, CheckoutEvent
+from psycopg2_pool.events import CheckoutEvent
 
-from .leaks import Checkout, LeakDetector
+from .leaks import LeakDetector
 from .metrics import BACKLOG, PoolMetrics
 from .spans import PoolSpans
 from .stacks import MAX_FRAMES
@@ -45,7 +45,6 @@ _get_ident = threading.get_ident
 _threads_get = threading._active.get  # type: ignore[attr-defined]  # current_thread()'s table
 _current_thread = threading.current_thread
 _ref = weakref.ref
-_new_checkout = tuple.__new__
 
 
 def _context_getter() -> Callable[[], Any]:
@@ -63,7 +62,11 @@ _get_context = _context_getter()
 
 
 class CheckoutRecorder:
-    """Records each checkout and checkin of one pool for its metrics, spans and leaks."""
+    """Records each checkout and checkin of one pool for its metrics, spans and leaks.
+
+    It takes the pool's fields form of the two hooks (``on_checkout_fields``,
+    ``on_checkin_fields``): no event object is built for it.
+    """
 
     def __init__(self, metrics: PoolMetrics, spans: PoolSpans, detector: LeakDetector | None,
                  checkout_spans: str = "waited") -> None:
@@ -80,11 +83,11 @@ class CheckoutRecorder:
         if detector is not None:  # the detector's own tables, written here directly
             self._out, self._reported, self._expected = detector.tables()
         else:  # nothing to record: the cheaper hooks
-            self.on_checkout = self._checkout_metrics_only  # type: ignore[method-assign]
-            self.on_checkin = self._checkin_metrics_only  # type: ignore[method-assign]
+            self.on_checkout_fields = self._checkout_metrics_only  # type: ignore[method-assign]
+            self.on_checkin_fields = self._checkin_metrics_only  # type: ignore[method-assign]
 
-    def on_checkout(self, event: CheckoutEvent) -> None:
-        conn = event.connection
+    def on_checkout_fields(self, pool: Any, conn: Any, wait_time: float, waited: bool,
+                           opened: bool) -> None:
         span = _get_context().get(_SPAN_KEY, _INVALID_SPAN)
         # The stack, innermost first, as a flat list code, offset, code, offset... (one
         # allocation, not a tuple per frame: fewer objects for the garbage collector), from
@@ -99,40 +102,39 @@ class CheckoutRecorder:
             append(frame.f_code)
             append(frame.f_lasti)
             frame = frame.f_back
-        self._out[id(conn)] = _new_checkout(Checkout, (
-            _ref(conn), frames, monotonic(), _threads_get(_get_ident()) or _current_thread(),
-            span))
+        # A Checkout's fields as a plain tuple: the detector wraps it when it reads it.
+        self._out[id(conn)] = (_ref(conn), frames, monotonic(),
+                               _threads_get(_get_ident()) or _current_thread(), span)
         buffer = self._wait_times
-        buffer.append(event.wait_time)
-        if len(buffer) > BACKLOG:
+        buffer.append(wait_time)
+        if len(buffer) > BACKLOG:  # checked here for both buffers: they grow together
             self._metrics.drain_wait_times()
-        if (event.waited or event.opened or self._every_span) and not self._no_span \
-                and span.is_recording():
-            self._spans.checkout(event)
-
-    def on_checkin(self, event: CheckinEvent) -> None:
-        conn_id = id(event.connection)
-        checkout = self._out.pop(conn_id, None)
-        buffer = self._use_times
-        buffer.append(event.use_time)
-        if len(buffer) > BACKLOG:
             self._metrics.drain_use_times()
+        if (waited or opened or self._every_span) and not self._no_span \
+                and span.is_recording():
+            self._spans.checkout(CheckoutEvent(pool, conn, wait_time, waited, opened))
+
+    def on_checkin_fields(self, pool: Any, conn: Any, use_time: float, kept: bool,
+                          reason: str | None) -> None:
+        conn_id = id(conn)
+        checkout = self._out.pop(conn_id, None)
+        self._use_times.append(use_time)
         if self._expected:
             self._expected.pop(conn_id, None)
         if self._reported and conn_id in self._reported and self._detector is not None:
-            self._detector.returned(conn_id, checkout, event)
+            self._detector.returned(conn_id, checkout, conn, use_time)
 
-    def _checkout_metrics_only(self, event: CheckoutEvent) -> None:
+    def _checkout_metrics_only(self, pool: Any, conn: Any, wait_time: float, waited: bool,
+                               opened: bool) -> None:
         buffer = self._wait_times
-        buffer.append(event.wait_time)
+        buffer.append(wait_time)
         if len(buffer) > BACKLOG:
             self._metrics.drain_wait_times()
-        if (event.waited or event.opened or self._every_span) and not self._no_span \
-                and _get_context().get(_SPAN_KEY, _INVALID_SPAN).is_recording():
-            self._spans.checkout(event)
-
-    def _checkin_metrics_only(self, event: CheckinEvent) -> None:
-        buffer = self._use_times
-        buffer.append(event.use_time)
-        if len(buffer) > BACKLOG:
             self._metrics.drain_use_times()
+        if (waited or opened or self._every_span) and not self._no_span \
+                and _get_context().get(_SPAN_KEY, _INVALID_SPAN).is_recording():
+            self._spans.checkout(CheckoutEvent(pool, conn, wait_time, waited, opened))
+
+    def _checkin_metrics_only(self, pool: Any, conn: Any, use_time: float, kept: bool,
+                              reason: str | None) -> None:
+        self._use_times.append(use_time)

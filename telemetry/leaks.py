@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from psycopg2_pool import DiscardReason
 from psycopg2_pool.events import (
-    CheckinEvent,
     CloseEvent,
     DiscardEvent,
     PoolListener,
@@ -58,6 +57,13 @@ class Checkout(NamedTuple):
         """The checkout stack as (code, offset) pairs, innermost first."""
         raw = self.raw_stack
         return tuple(zip(raw[::2], raw[1::2], strict=True))
+
+
+_new_checkout = tuple.__new__
+
+
+def _wrap(fields: tuple[Any, ...] | None) -> Checkout | None:
+    return None if fields is None else _new_checkout(Checkout, fields)
 
 
 class Leak(NamedTuple):
@@ -93,7 +99,9 @@ class LeakDetector(PoolListener):
     def __init__(self, threshold: float | None, log: Callable[..., None]) -> None:
         self.threshold = threshold
         self._log = log
-        self._out: dict[int, Checkout] = {}  # by id(connection)
+        # By id(connection): each checkout as a plain tuple of Checkout's fields (cheaper to
+        # make than the named tuple, which the report side wraps it in: _checkouts()).
+        self._out: dict[int, tuple[Any, ...]] = {}
         self._reported: set[int] = set()  # checkouts reported past the threshold
         self._expected: dict[int, str] = {}  # checkouts declared long: the reason
         self._lock = threading.Lock()
@@ -107,23 +115,29 @@ class LeakDetector(PoolListener):
 
     # -- the checkout path is telemetry.checkouts': it writes these tables ----------------------
 
-    def tables(self) -> tuple[dict[int, Checkout], set[int], dict[int, str]]:
+    def tables(self) -> tuple[dict[int, tuple[Any, ...]], set[int], dict[int, str]]:
         """The live checkouts by ``id(connection)``, the ids reported past the threshold,
         and the expected long holds with their reasons (for the checkout recorder)."""
         return self._out, self._reported, self._expected
 
-    def returned(self, conn_id: int, checkout: Checkout | None, event: CheckinEvent) -> None:
+    def returned(self, conn_id: int, checkout: tuple[Any, ...] | None, conn: Any,
+                 use_time: float) -> None:
         """A checkout reported as a suspected leak came back: say so (and how long it was)."""
         self._reported.discard(conn_id)
         if checkout is not None:
-            self._report("info", "connection_leak_returned", conn_id, checkout,
-                         event.connection, held_s=round(event.use_time, 3))
+            self._report("info", "connection_leak_returned", conn_id, _new_checkout(
+                Checkout, checkout), conn, held_s=round(use_time, 3))
+
+    def _checkouts(self) -> list[tuple[int, Checkout]]:
+        """The live checkouts, by connection id, as :class:`Checkout` records."""
+        return [(conn_id, _new_checkout(Checkout, fields))
+                for conn_id, fields in list(self._out.items())]
 
     # -- hooks (off the checkout path) -------------------------------------------------------
 
     def on_discard(self, event: DiscardEvent) -> None:
         conn_id = event.connection_id
-        checkout = self._out.pop(conn_id, None)
+        checkout = _wrap(self._out.pop(conn_id, None))
         self._expected.pop(conn_id, None)
         reported = conn_id in self._reported
         self._reported.discard(conn_id)
@@ -145,7 +159,7 @@ class LeakDetector(PoolListener):
             event.error.add_note(holders_note(holders))
 
     def on_close(self, event: CloseEvent) -> None:
-        for conn_id, checkout in list(self._out.items()):
+        for conn_id, checkout in self._checkouts():
             self._report("warning", "connection_leak_suspected", conn_id, checkout,
                          checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
                          when="pool_closed")
@@ -158,7 +172,7 @@ class LeakDetector(PoolListener):
         if threshold is None:
             return
         now = monotonic()
-        for conn_id, checkout in list(self._out.items()):
+        for conn_id, checkout in self._checkouts():
             if now - checkout.since < threshold or conn_id in self._reported \
                     or conn_id in self._expected:
                 continue
@@ -171,7 +185,7 @@ class LeakDetector(PoolListener):
 
     def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
         """Do not report this checkout of ``conn`` as a leak, however long it is held."""
-        checkout = self._out.get(id(conn))
+        checkout = _wrap(self._out.get(id(conn)))
         if checkout is None or checkout.conn_ref() is not conn:
             raise ValueError("this connection is not checked out from the instrumented pool")
         self._expected[id(conn)] = reason
@@ -181,7 +195,7 @@ class LeakDetector(PoolListener):
         now = monotonic()
         threshold = self.threshold if self.threshold is not None else float("inf")
         out = [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
-               for conn_id, checkout in list(self._out.items())
+               for conn_id, checkout in self._checkouts()
                if all_checkouts or now - checkout.since >= threshold]
         return sorted(out, key=lambda leak: -leak.held_s)
 
@@ -191,13 +205,13 @@ class LeakDetector(PoolListener):
         already keeps: nothing more is paid at checkout)."""
         now = monotonic()
         return stacks.sites_summary([(stacks.site(c.frames), now - c.since, _trace_id(c))
-                                     for c in list(self._out.values())])
+                                     for c in (c for _, c in self._checkouts())])
 
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""
         now = monotonic()
         return [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
-                for conn_id, checkout in list(self._out.items())
+                for conn_id, checkout in self._checkouts()
                 if checkout.since >= started and conn_id not in self._expected]
 
     def collected_since(self, started: float) -> list[Leak]:

@@ -65,8 +65,9 @@ WITH_RETURNED = ("this connection was already returned to the pool: using it in 
                  "`with pool.getconn() as conn:` or `with pool.connection() as conn:`")
 CLOSED = ("the connection pool {name!r} is closed; getconn() cannot be used after close() "
           "— create a new pool")
-NOT_A_LISTENER = ("a listener needs at least one of the methods on_connect, on_checkout, "
-                  "on_checkin, on_timeout, on_discard, on_unavailable, on_recovered, on_close")
+NOT_A_LISTENER = ("a listener needs at least one of the methods on_connect, on_checkout_fields, "
+                  "on_checkout, on_checkin_fields, on_checkin, on_timeout, on_discard, "
+                  "on_unavailable, on_recovered, on_close")
 
 
 def exactly(message: str) -> str:

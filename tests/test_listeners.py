@@ -516,3 +516,48 @@ def test_events_are_immutable(make_pool: MakePool) -> None:
     with pytest.raises(AttributeError):
         event.wait_time = 5  # type: ignore[misc]
     assert event._fields == ("pool", "connection", "wait_time", "waited", "opened")
+
+
+def test_the_fields_form_gets_what_the_events_carry(make_pool: MakePool) -> None:
+    # on_checkout_fields / on_checkin_fields: the event's fields as arguments, in the same
+    # order as the event forms, for every path (served at once, opened, waited, discarded).
+    pool = make_pool(0, 1, timeout=5)
+    events = Recorder()
+    fields: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Fields:
+        def on_checkout_fields(self, *args: Any) -> None:
+            fields.append(("out", args))
+
+        def on_checkin_fields(self, *args: Any) -> None:
+            fields.append(("in", args))
+
+    pool.add_listener(events)
+    pool.add_listener(Fields())
+    conn = pool.getconn(timeout=0)  # opened here
+    pool.putconn(conn)
+    conn = pool.getconn()  # at once
+    threading.Timer(0.05, pool.putconn, args=(conn,)).start()
+    again = pool.getconn()  # waited for the return
+    pool.putconn(again, close=True)  # discarded
+    expected = [("out" if isinstance(e, CheckoutEvent) else "in", tuple(e))
+                for e in events.events if isinstance(e, (CheckoutEvent, CheckinEvent))]
+    assert fields == expected
+    assert [f[1][3:] for f in fields if f[0] == "out"] == [(False, True), (False, False),
+                                                          (True, False)]
+    assert fields[-1][1][3:] == (False, "closed_by_user")
+
+
+def test_a_raising_fields_listener_does_not_break_the_pool(make_pool: MakePool) -> None:
+    pool = make_pool(1, 1)
+
+    class Raising:
+        def on_checkout_fields(self, *args: Any) -> None:
+            raise RuntimeError("listener bug")
+
+        def on_checkin_fields(self, *args: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    pool.add_listener(Raising())
+    pool.putconn(pool.getconn())
+    assert pool.get_stats()["listener_errors"] == 2
