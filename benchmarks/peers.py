@@ -3,7 +3,9 @@
 Peers: ``psycopg2.pool.ThreadedConnectionPool``, psycopg2-pool 1.2 (its sdist, fetched with pip
 into ``benchmarks/.cache`` and loaded under the module name ``psycopg2_pool_12``, since it shares
 our import name), ``psycopg_pool.ConnectionPool`` (psycopg 3), and this pool bare and with
-``telemetry.instrument()`` (leak detection off, on, and inside a recording trace).
+``telemetry.instrument()`` (leak detection off, on, and inside a recording trace), and
+SQLAlchemy's ``QueuePool``, bare and with ``opentelemetry-instrumentation-sqlalchemy``.
+A peer whose package is missing is skipped with the reason printed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CACHE = ROOT / "benchmarks" / ".cache"
 
 BASELINE = "psycopg2.pool"
 THIS = "this pool"
+SQLALCHEMY = "SQLAlchemy QueuePool"
 
 
 @dataclass
@@ -118,6 +121,115 @@ class Telemetry:
         self.tracer_provider.shutdown()
 
 
+def sqlalchemy_peers(sdk: Telemetry, *, instrumented: bool = True) -> list[Peer]:
+    """SQLAlchemy's ``QueuePool`` as its users get it, bare and under
+    ``opentelemetry-instrumentation-sqlalchemy``; none, or only the bare one, when a package
+    is missing (with the reason printed).
+
+    SQLAlchemy's defaults are kept, since they are what its users get: ``reset_on_return``
+    calls ``rollback()`` on every connection returned (the other pools do not; psycopg2 sends
+    nothing to the server for it here, as no transaction is open after the workloads' own
+    rollback, so it costs a call, not a round trip), ``pre_ping`` is off, FIFO order."""
+    try:
+        import psycopg2
+        import sqlalchemy
+        from sqlalchemy.pool import Pool, QueuePool
+    except ImportError as exc:
+        print(f"skipping {SQLALCHEMY}: {exc}")
+        return []
+
+    def creator(dsn: str) -> Callable[[], Any]:
+        return lambda: psycopg2.connect(dsn)
+
+    def fill(pool: Pool, size: int) -> None:
+        """Open the ``size`` connections at once, as the other peers do (a QueuePool opens
+        them on demand, which would charge the connects to the first round)."""
+        held = [pool.connect() for _ in range(size)]
+        for conn in held:
+            conn.close()
+
+    def bare(dsn: str, size: int, timeout: float) -> QueuePool:
+        pool = QueuePool(creator(dsn), pool_size=size, max_overflow=0,
+                         timeout=timeout)
+        fill(pool, size)
+        return pool
+
+    # ``connect()`` gives a ``_ConnectionFairy``, which proxies ``cursor()`` and ``rollback()``
+    # to the psycopg2 connection; its ``close()`` returns it to the pool.
+    found = [Peer(SQLALCHEMY, bare, lambda p: p.connect(), lambda p, c: c.close(),
+                  lambda p: p.dispose())]
+    if not instrumented:
+        return found
+    try:
+        from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    except ImportError as exc:
+        print(f"skipping {SQLALCHEMY} + OpenTelemetry (both variants): {exc}")
+        return found
+    # The instrumentor would log this and instrument nothing (SQLAlchemy 2.1 with 0.66b1).
+    conflict = get_dependency_conflicts(SQLAlchemyInstrumentor().instrumentation_dependencies())
+    if conflict is not None:
+        print(f"skipping {SQLALCHEMY} + OpenTelemetry (both variants): {conflict}")
+        return found
+
+    def traced_engine(dsn: str, size: int, timeout: float) -> Any:
+        # The instrumentation attaches to Engines, not to a bare pool, so this peer's pool is
+        # an Engine's: the same QueuePool with the same settings. instrument() (once, as
+        # `opentelemetry-instrument` does at start-up) wraps create_engine, which then gives
+        # each new engine an EngineTracer: its listeners on the pool's connect, close,
+        # checkout and checkin events keep the db.client.connections.usage up-down counter
+        # (state idle / used: two add() calls per checkout, two per checkin), and it wraps
+        # Engine.connect() in a "connect" span. (The instrumentor is a singleton: a second
+        # instrument(engine=...) while instrumented is ignored, hence the wrapped
+        # create_engine for the engines of both peers below, which exist at the same time.)
+        instrumentor = SQLAlchemyInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=sdk.tracer_provider,
+                                    meter_provider=sdk.meter_provider)
+        engine = sqlalchemy.create_engine(  # the module's attribute: the wrapped function
+            "postgresql+psycopg2://", creator=creator(dsn), poolclass=QueuePool,
+            pool_size=size, max_overflow=0, pool_timeout=timeout)
+        fill(engine.pool, size)
+        return engine
+
+    # raw_connection() is the engine's pool.connect(): the bare peer's checkout, with the
+    # instrumentation's pool listeners. They make no span, so this checkout has no "in a
+    # trace" variant (its statement spans are for statements run through a Connection, not
+    # the DBAPI cursor the workloads use).
+    found.append(Peer(f"{SQLALCHEMY} + OpenTelemetry", traced_engine,
+                      lambda e: e.raw_connection(), lambda e, c: c.close(),
+                      lambda e: e.dispose(), instrumented=True))
+
+    class Connections:
+        """engine.connect() as a pool: getconn gives the Connection's DBAPI connection (the
+        pool's fairy, for the workloads' cursor() and rollback()), putconn closes the
+        Connection, which returns it to the pool."""
+
+        def __init__(self, dsn: str, size: int, timeout: float) -> None:
+            self.engine = traced_engine(dsn, size, timeout)
+            self.held: dict[int, Any] = {}
+
+        def getconn(self) -> Any:
+            connection = self.engine.connect()
+            fairy = connection.connection
+            self.held[id(fairy)] = connection
+            return fairy
+
+        def putconn(self, fairy: Any) -> None:
+            self.held.pop(id(fairy)).close()
+
+    # The instrumentation's one span at checkout is the "connect" span around
+    # Engine.connect(), the checkout of SQLAlchemy's Core and ORM users (a Connection over a
+    # pool checkout; a span even outside a trace, as a root). Inside a recording trace it is
+    # a child of the request span, as ours are; this checkout goes through the Engine and its
+    # Connection too, which the peers above do not.
+    found.append(Peer(f"{SQLALCHEMY} + OpenTelemetry, engine.connect() in a trace",
+                      Connections, lambda p: p.getconn(), lambda p, c: p.putconn(c),
+                      lambda p: p.engine.dispose(), instrumented=True, traced=True,
+                      context=sdk.trace))
+    return found
+
+
 def peers(sdk: Telemetry, *, instrumented: bool = True) -> list[Peer]:
     """Every peer that can be loaded here, baseline first."""
     import psycopg2.pool
@@ -160,6 +272,7 @@ def peers(sdk: Telemetry, *, instrumented: bool = True) -> list[Peer]:
 
     found.append(Peer("psycopg_pool 3", psycopg_pool, lambda p: p.getconn(),
                       lambda p, c: p.putconn(c), lambda p: p.close()))
+    found += sqlalchemy_peers(sdk, instrumented=instrumented)
     found.append(Peer(THIS, mine, lambda p: p.getconn(), lambda p, c: p.putconn(c),
                       lambda p: p.close()))
     if instrumented:

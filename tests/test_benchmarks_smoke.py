@@ -26,8 +26,26 @@ def test_benchmark_quick_run(dsn: str, tmp_path: Path) -> None:
     text = output.read_text()
     for fragment in ["| bare, 1 thread | psycopg2.pool |", "| SELECT 1, 8 threads | this pool |",
                      "| psycopg_pool 3 |", "this pool + instrument(), in a trace",
-                     "## Contention", "checkout-site capture", "Memory:", "## Targets"]:
+                     "## Contention", "checkout-site capture", "Memory:", "## Targets",
+                     "| bare, 1 thread | SQLAlchemy QueuePool |",
+                     "| SELECT 1, 8 threads | SQLAlchemy QueuePool + OpenTelemetry |",
+                     "| SQLAlchemy QueuePool + OpenTelemetry |", "vs SQLAlchemy QueuePool |"]:
         assert fragment in text
+    # Issue 13's targets, each with a measured ratio and a verdict, from the same run.
+    targets = text.split("## Targets")[1].splitlines()
+    for target in ["| 13 | bare, 1 thread: `this pool + instrument()` <= 1.0x `psycopg_pool 3` |",
+                   "| 13 | bare, 1 thread: `this pool + instrument(), in a trace` <= 2.0x "
+                   "`psycopg_pool 3` |",
+                   "| 8, 13 | SELECT 1, 1 thread: `this pool + instrument()` <= 1.05x "
+                   "`this pool` |",
+                   "| 8, 13 | SELECT 1, 8 threads: `this pool + instrument()` <= 1.05x "
+                   "`this pool` |",
+                   "| 8, 13 | memory growth < 5 MB over 5,000 instrumented cycles |",
+                   "| 8 | contention: zero errors"]:
+        rows = [line for line in targets if line.startswith(target)]
+        assert len(rows) == 1, (target, targets)
+        measured, met = rows[0].split(" | ")[-2:]
+        assert measured.endswith(("x", "MB")) and met in ("yes |", "**no** |"), rows[0]
     rows = [line for line in text.splitlines() if line.startswith("| this pool | ")]
     assert rows, "the contention table has no row for this pool"
     errors = int(rows[0].split("|")[4].replace(",", ""))
