@@ -266,6 +266,21 @@ def figure() -> Callable[[str], None]:
     return _FIGURES.append
 
 
+#: Set (as .ci/run does) to run the tests marked ``slow``: real Prometheus, gunicorn, a built
+#: wheel, valgrind; each proves something no faster test does, and each costs 6 to 25 s.
+SLOW_TESTS_ENV = "PSYCOPG2_POOL_SLOW_TESTS"
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if os.environ.get(SLOW_TESTS_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"slow (6-25 s): .ci/run runs it; set {SLOW_TESTS_ENV}=1 "
+                                   f"to run it here")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _FIGURES:
         terminalreporter.section("figures measured by the tests")

@@ -6,7 +6,6 @@ and the default suite runs its measured process without valgrind instead.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +58,6 @@ def test_benchmark_quick_run(dsn: str, tmp_path: Path) -> None:
 
 #: The peer the instruction-count tests measure (a name of benchmarks/peers.py).
 COUNTED = "this pool + instrument(), leaks off"
-#: Set (as .ci/run does) to run the tests too slow for every local run.
-SLOW_TESTS = "PSYCOPG2_POOL_SLOW_TESTS"
 
 
 def test_instruction_count_child_runs(dsn: str) -> None:
@@ -74,10 +71,7 @@ def test_instruction_count_child_runs(dsn: str) -> None:
     assert result.stderr == ""
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get(SLOW_TESTS),
-                    reason=f"valgrind instruction count (~25 s): .ci/run runs it; set "
-                           f"{SLOW_TESTS}=1 to run it here")
+@pytest.mark.slow  # valgrind instruction count, ~25 s
 def test_instruction_count_quick_run(dsn: str, tmp_path: Path) -> None:
     require_binary("valgrind")
     output = tmp_path / "instructions.md"

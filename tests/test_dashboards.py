@@ -196,6 +196,7 @@ def substitute(expr: str, pool: str) -> str:
             .replace("$job", "app").replace("$instance", ".*").replace("$pool", pool))
 
 
+@pytest.mark.slow  # real services: .ci/run runs it
 def test_every_panel_query_returns_data_from_a_real_prometheus(
         dsn: str, exporter: tuple[Any, int], prometheus: str) -> None:
     provider, _ = exporter

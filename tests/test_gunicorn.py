@@ -178,6 +178,7 @@ def substitute(expr: str) -> str:
             .replace("$job", "web").replace("$instance", ".*").replace("$pool", "web"))
 
 
+@pytest.mark.slow  # real services: .ci/run runs it
 def test_gunicorn_recipe_two_workers_both_pools_on_the_dashboard(
         prometheus: str, gunicorn: tuple[int, int]) -> None:
     http, metrics = gunicorn

@@ -133,6 +133,7 @@ print(demo.where('docs/dashboards.md'))
 """
 
 
+@pytest.mark.slow  # real services: .ci/run runs it
 def test_built_wheel_installs_what_the_demo_points_at(tmp_path: Path) -> None:
     source = tmp_path / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
