@@ -13,8 +13,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "psycopg2_pool needs the psycopg2 PostgreSQL adapter, which is not installed. "
-        "Install exactly one of: `pip install 'psycopg2-pool[binary]'` (pulls psycopg2-binary, "
-        "no compiler needed) or `pip install psycopg2` (builds against your libpq). "
+        "Install exactly one of: `pip install psycopg2-binary` (no compiler needed) or "
+        "`pip install psycopg2` (builds against your libpq). "
         "Do not install both: they conflict."
     ) from exc
 

@@ -34,7 +34,8 @@ def test_import_without_psycopg2_says_what_to_install() -> None:
     result = subprocess.run([sys.executable, "-c", BLOCK_PSYCOPG2], capture_output=True,
                             text=True, timeout=60, cwd=ROOT)
     assert "psycopg2_pool needs the psycopg2 PostgreSQL adapter" in result.stdout
-    assert "pip install 'psycopg2-pool[binary]'" in result.stdout
+    assert "pip install psycopg2-binary" in result.stdout
+    assert "psycopg2-pool[" not in result.stdout  # not the PyPI name: that is the old 1.2
     assert "pip install psycopg2" in result.stdout
 
 
