@@ -670,11 +670,7 @@ class ConnectionPool:
         if self._checkout_hooked:
             wait = monotonic() - started if started else 0.0
             waited = bool(started) and not opened
-            for method in self._on_checkout_fields:
-                try:
-                    method(self, conn, wait, waited, opened)
-                except Exception:  # noqa: BLE001 - a listener must never break the pool
-                    self._listener_failed(method)
+            self._emit_fields(self._on_checkout_fields, conn, wait, waited, opened)
             if self._on_checkout:
                 self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, waited, opened))
         return conn
@@ -883,11 +879,7 @@ class ConnectionPool:
             reason = self._run_reset(conn, rec)
         if self._checkin_hooked:  # before anyone else can check it out: events stay in order
             use_time, kept = now - rec.since, reason is None
-            for method in self._on_checkin_fields:
-                try:
-                    method(self, conn, use_time, kept, reason)
-                except Exception:  # noqa: BLE001 - a listener must never break the pool
-                    self._listener_failed(method)
+            self._emit_fields(self._on_checkin_fields, conn, use_time, kept, reason)
             if self._on_checkin:
                 self._emit(self._on_checkin, CheckinEvent(self, conn, use_time, kept, reason))
         with self._lock:
@@ -1398,6 +1390,14 @@ class ConnectionPool:
             setattr(self, f"_{hook}", tuple(methods))
         self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields)
         self._checkin_hooked = bool(self._on_checkin or self._on_checkin_fields)
+
+    def _emit_fields(self, methods: tuple[Callable[..., None], ...], *fields: Any) -> None:
+        """Call the fields form of a hook (slow paths; the fast ones inline it)."""
+        for method in methods:
+            try:
+                method(self, *fields)
+            except Exception:  # noqa: BLE001 - a listener must never break the pool
+                self._listener_failed(method)
 
     def _emit(self, methods: tuple[Callable[[Any], None], ...], event: object) -> None:
         for method in methods:
