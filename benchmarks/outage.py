@@ -102,30 +102,6 @@ def quiet_logs() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def start_and_time(server: OwnServer) -> tuple[float, float]:
-    """Start the server: (when the probe first connected, when pg_ctl returned)."""
-    accepted: list[float] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        while not done.is_set():
-            try:
-                psycopg2.connect(server.uri, connect_timeout=2).close()
-            except psycopg2.OperationalError:
-                time.sleep(0.005)
-                continue
-            accepted.append(monotonic())
-            return
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    server.start()
-    returned = monotonic()
-    thread.join(5)
-    done.set()
-    return (accepted[0] if accepted else returned), returned
-
-
 # -- short outage ------------------------------------------------------------------------------
 
 @dataclass
@@ -173,8 +149,7 @@ def short_outage(peer: Peer, server: OwnServer, outage: float = 1.5,
         time.sleep(0.5)
         server.stop()
         time.sleep(outage)
-        began = monotonic()
-        accepted, _ = start_and_time(server)
+        began, accepted, _ = server.start_timed()
         time.sleep(after)
         stop.set()
         for thread in threads:

@@ -77,10 +77,10 @@ class CheckoutRecorder:
         self._wait_times = metrics.wait_times
         self._use_times = metrics.use_times
         self._spans = spans
-        self._every_span = checkout_spans == "all"
+        self._every_span = checkout_spans == "all"  # else only checkouts that waited/opened
         self._no_span = checkout_spans == "none"
-        self._detector = detector
         if detector is not None:  # the detector's own tables, written here directly
+            self._detector = detector
             self._out, self._reported, self._expected = detector.tables()
         else:  # nothing to record: the cheaper hooks
             self.on_checkout_fields = self._checkout_metrics_only  # type: ignore[method-assign]
@@ -108,11 +108,9 @@ class CheckoutRecorder:
         buffer = self._wait_times
         buffer.append(wait_time)
         if len(buffer) > BACKLOG:  # checked here for both buffers: they grow together
-            self._metrics.drain_wait_times()
-            self._metrics.drain_use_times()
-        if (waited or opened or self._every_span) and not self._no_span \
-                and span.is_recording():
-            self._spans.checkout(CheckoutEvent(pool, conn, wait_time, waited, opened))
+            self._metrics.flush()
+        if waited or opened or self._every_span:
+            self._span(span, pool, conn, wait_time, waited, opened)
 
     def on_checkin_fields(self, pool: Any, conn: Any, use_time: float, kept: bool,
                           reason: str | None) -> None:
@@ -121,7 +119,7 @@ class CheckoutRecorder:
         self._use_times.append(use_time)
         if self._expected:
             self._expected.pop(conn_id, None)
-        if self._reported and conn_id in self._reported and self._detector is not None:
+        if self._reported and conn_id in self._reported:
             self._detector.returned(conn_id, checkout, conn, use_time)
 
     def _checkout_metrics_only(self, pool: Any, conn: Any, wait_time: float, waited: bool,
@@ -129,12 +127,21 @@ class CheckoutRecorder:
         buffer = self._wait_times
         buffer.append(wait_time)
         if len(buffer) > BACKLOG:
-            self._metrics.drain_wait_times()
-            self._metrics.drain_use_times()
-        if (waited or opened or self._every_span) and not self._no_span \
-                and _get_context().get(_SPAN_KEY, _INVALID_SPAN).is_recording():
-            self._spans.checkout(CheckoutEvent(pool, conn, wait_time, waited, opened))
+            self._metrics.flush()
+        if waited or opened or self._every_span:
+            self._span(None, pool, conn, wait_time, waited, opened)
 
     def _checkin_metrics_only(self, pool: Any, conn: Any, use_time: float, kept: bool,
                               reason: str | None) -> None:
         self._use_times.append(use_time)
+
+    def _span(self, span: Any, pool: Any, conn: Any, wait_time: float, waited: bool,
+              opened: bool) -> None:
+        """A ``getconn`` span is due, unless spans are off or no recording span is current
+        (``span``: the current one, when the caller already looked it up)."""
+        if self._no_span:
+            return
+        if span is None:
+            span = _get_context().get(_SPAN_KEY, _INVALID_SPAN)
+        if span.is_recording():
+            self._spans.checkout(CheckoutEvent(pool, conn, wait_time, waited, opened))

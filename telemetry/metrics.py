@@ -51,15 +51,8 @@ class PoolMetrics(PoolListener):
         self.instruments = _instruments(meter)
         self.instruments.add(self)
 
-    # -- the checkout path is telemetry.checkouts': it appends to the buffers above -----------
-
-    def drain_wait_times(self) -> None:
-        """Record the buffered wait times now (a buffer past ``BACKLOG``: backpressure)."""
-        self._drain(self.wait_times, self.instruments.wait_time)
-
-    def drain_use_times(self) -> None:
-        """Record the buffered use times now (a buffer past ``BACKLOG``: backpressure)."""
-        self._drain(self.use_times, self.instruments.use_time)
+    # -- the checkout path is telemetry.checkouts': it appends to the buffers above, and
+    # calls flush() itself when one passes BACKLOG (backpressure) --------------------------
 
     def on_connect(self, event: ConnectEvent) -> None:
         if event.error is None:

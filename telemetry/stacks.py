@@ -135,7 +135,7 @@ def extract(frames: Frames, limit: int = 12) -> tuple[tuple[Frame, ...], int]:
     return tuple(out), len(shown) - len(kept)
 
 
-# A password written in the source (a URL's ``user:secret@``, ``password=secret``) must not
+# A password written in the source (a URL's ``user:…@``, ``password=…``) must not
 # reach a log through a source line.
 _SECRET = re.compile(r"""(?P<url>://[^\s:/@'"]*:)[^\s@'"]+(?=@)"""
                      r"""|(?P<kw>\bpassword\s*=\s*['"]?)[^\s'",)]+""", re.IGNORECASE)

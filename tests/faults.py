@@ -49,6 +49,31 @@ class OwnServer:
         socket_dir = str(Path(self.socket_path).parent)
         self.pg_ctl("-o", f'-h "" -k {socket_dir}', "-l", str(self.pgdata / "log"), "start")
 
+    def start_timed(self) -> tuple[float, float, float]:
+        """:meth:`start`, timed: (when it began, when a probe first connected, when pg_ctl
+        returned). The probe tries every 5 ms: pg_ctl -w itself polls, and returns later."""
+        accepted: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                try:
+                    psycopg2.connect(self.uri, connect_timeout=2).close()
+                except psycopg2.OperationalError:
+                    time.sleep(0.005)
+                    continue
+                accepted.append(time.monotonic())
+                return
+
+        thread = threading.Thread(target=probe, daemon=True)
+        began = time.monotonic()
+        thread.start()
+        self.start()
+        returned = time.monotonic()
+        thread.join(5)
+        done.set()
+        return began, accepted[0] if accepted else returned, returned
+
     def admin(self) -> Any:
         conn = psycopg2.connect(self.uri)
         conn.autocommit = True

@@ -68,32 +68,6 @@ def with_password(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}password={PASSWORD}"
 
 
-def start_and_time(server: OwnServer) -> tuple[float, float, float]:
-    """Start the server; (when start began, when a probe first connected, when pg_ctl
-    returned). The probe tries every 5 ms: pg_ctl -w itself polls, and returns later."""
-    accepted: list[float] = []
-    done = threading.Event()
-
-    def probe() -> None:
-        while not done.is_set():
-            try:
-                psycopg2.connect(server.uri, connect_timeout=2).close()
-            except psycopg2.OperationalError:
-                time.sleep(0.005)
-                continue
-            accepted.append(monotonic())
-            return
-
-    thread = threading.Thread(target=probe, daemon=True)
-    began = monotonic()
-    thread.start()
-    server.start()
-    returned = monotonic()
-    thread.join(5)
-    done.set()
-    return began, accepted[0] if accepted else returned, returned
-
-
 # -- 1. an outage shorter than the timeout -------------------------------------------------------
 
 @dataclass
@@ -153,7 +127,7 @@ def test_outage_shorter_than_timeout_costs_no_getconn_failure(running: OwnServer
         stopped = monotonic()
         server.stop()
         time.sleep(1.5)
-        began, accepted, returned = start_and_time(server)
+        began, accepted, returned = server.start_timed()
         time.sleep(1.0)
         stop.set()
         runner.join(20)
@@ -493,7 +467,7 @@ def test_reconnect_after_an_outage_happens_without_any_call(running: OwnServer,
             conn.close()
             pool.putconn(conn)
         assert wait_until(lambda: pool.get_stats()["connections_errors"] >= 2, timeout=3)
-        _, accepted, _ = start_and_time(server)
+        _, accepted, _ = server.start_timed()
         assert wait_until(lambda: pool.get_stats()["pool_available"] == 2, timeout=3)
         back = monotonic() - accepted
         stats = pool.get_stats()
@@ -852,7 +826,7 @@ def test_an_outage_writes_few_log_events(running: OwnServer, figure: Figure,
             time.sleep(0.3)
             server.stop()
             time.sleep(3.0)
-            start_and_time(server)
+            server.start_timed()
             time.sleep(0.5)
             stop.set()
             runner.join(20)
