@@ -131,31 +131,49 @@ def timed(scenario: Scenario, peer: Peer, pool: Any) -> float:
 
 def paired_ratio(scenario: Scenario, peer: Peer, pool: Any, sdk: Telemetry,
                  pairs: int) -> float:
-    """``instrument()``'s cost on one pool: the median over ``pairs`` back-to-back short
-    batches, one with the pool instrumented and one without (alternating which goes first),
-    of the instrumented batch's time over the bare one's. The same pool, so the same server
-    backends: on these VMs a backend's round trip flips between ~25 and ~180 µs as the
-    scheduler moves it, which would otherwise be measured instead of the telemetry."""
+    """``instrument()``'s cost per cycle on one pool: the median over ``pairs`` back-to-back
+    short batches, one with the pool instrumented and one without (alternating which goes
+    first), of the instrumented batch's time over the bare one's.
+
+    The same pool, so the same server backends: on these VMs a backend's round trip flips
+    between ~25 and ~180 µs as the scheduler moves it, which would otherwise be measured
+    instead of the telemetry. The pool is instrumented once, and between batches only the
+    handle's listeners are detached and attached again (``remove_listener``/
+    ``add_listener``): instrumenting anew for every ~15 ms batch would also time what an
+    application pays once per pool (the handle, its instruments, starting the background
+    worker), a few per cent of such a batch, and not the cycle.
+    """
     from telemetry import instrument
 
     batch = Scenario(scenario.name, scenario.work, scenario.threads,
                      max(1, 200 // scenario.threads))  # ~200 cycles a batch
+    handle = instrument(pool, meter_provider=sdk.meter_provider,
+                        tracer_provider=sdk.tracer_provider, leak_threshold=30.0)
+    listeners = pool.listeners
+
+    def detach() -> None:
+        for listener in listeners:
+            pool.remove_listener(listener)
 
     def instrumented() -> float:
-        handle = instrument(pool, meter_provider=sdk.meter_provider,
-                            tracer_provider=sdk.tracer_provider, leak_threshold=30.0)
+        for listener in listeners:
+            pool.add_listener(listener)
         try:
             return timed(batch, peer, pool)
         finally:
-            handle.uninstrument()
+            detach()
 
+    detach()
     ratios = []
-    for index in range(pairs):
-        if index % 2:
-            time_b, time_a = instrumented(), timed(batch, peer, pool)
-        else:
-            time_a, time_b = timed(batch, peer, pool), instrumented()
-        ratios.append(time_b / time_a)
+    try:
+        for index in range(pairs):
+            if index % 2:
+                time_b, time_a = instrumented(), timed(batch, peer, pool)
+            else:
+                time_a, time_b = timed(batch, peer, pool), instrumented()
+            ratios.append(time_b / time_a)
+    finally:
+        handle.uninstrument()
     return statistics.median(ratios)
 
 
