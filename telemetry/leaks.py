@@ -66,6 +66,10 @@ def _wrap(fields: tuple[Any, ...] | None) -> Checkout | None:
     return None if fields is None else _new_checkout(Checkout, fields)
 
 
+#: The error of a timeout (held weakly) and the holders made for it.
+_Holders = tuple[weakref.ref[BaseException], list[dict[str, object]]]
+
+
 class Leak(NamedTuple):
     """A snapshot of one checked-out connection, for programs and tests.
 
@@ -108,6 +112,9 @@ class LeakDetector(PoolListener):
         self.leak_count = 0
         #: The latest connections collected while checked out: (when, snapshot).
         self.collected: deque[tuple[float, Leak]] = deque(maxlen=100)
+        # Per thread (listeners run on the thread that gave up): the error of the latest
+        # timeout, held weakly, and the holders made for it (exhaustion_holders).
+        self._timeout = threading.local()
 
     def count(self) -> int:
         """Leaks found so far: held past the threshold, or collected while checked out."""
@@ -154,7 +161,7 @@ class LeakDetector(PoolListener):
                           "closed it; return it with putconn() or `with pool.connection()`")
 
     def on_timeout(self, event: TimeoutEvent) -> None:
-        holders = self.holders()
+        holders = self.exhaustion_holders(event)
         if holders and hasattr(event.error, "add_note"):
             event.error.add_note(holders_note(holders))
 
@@ -206,6 +213,18 @@ class LeakDetector(PoolListener):
         now = monotonic()
         return stacks.sites_summary([(stacks.site(c.frames), now - c.since, _trace_id(c))
                                      for c in (c for _, c in self._checkouts())])
+
+    def exhaustion_holders(self, event: TimeoutEvent) -> list[dict[str, object]]:
+        """:meth:`holders` when ``event``'s ``getconn`` gave up, made once per timeout: the
+        note this detector adds to the error and the ``pool_exhausted`` log event
+        (:class:`telemetry.logs.PoolLogs`) carry the same list, whichever asks first."""
+        error = event.error
+        last: _Holders | None = getattr(self._timeout, "last", None)
+        if last is not None and last[0]() is error:
+            return last[1]
+        holders = self.holders()
+        self._timeout.last = (weakref.ref(error), holders)
+        return holders
 
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""

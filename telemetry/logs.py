@@ -81,6 +81,37 @@ def trace_fields() -> dict[str, str]:
             "span_id": format(context.span_id, "016x")}
 
 
+class LogEmitter:
+    """Emits one pool's log events: ``log(level, event, **fields)``, a plain callable.
+
+    The listeners that log (:class:`PoolLogs`, the leak detector) are each given this one
+    emitter, so every log event of a pool carries the same ``pool`` and goes to the same logger.
+    """
+
+    __slots__ = ("_logger", "pool_name")
+
+    def __init__(self, pool_name: str, logger: Any = None) -> None:
+        self.pool_name = pool_name
+        self._logger = logger
+
+    @property
+    def logger(self) -> Any:
+        """The logger given to ``instrument()``, else structlog's (looked up when used)."""
+        return self._logger if self._logger is not None else structlog.get_logger(LOGGER_NAME)
+
+    def __call__(self, level: str, event: str, **fields: Any) -> None:
+        """Emit ``event`` at ``level`` with the pool name and the current trace ids.
+
+        Held back, while structlog is not configured and no logger was given, below the
+        level of the stdlib ``psycopg2_pool`` logger (WARNING by default): an unconfigured
+        structlog would print every routine event to stdout.
+        """
+        if self._logger is None and not structlog.is_configured() and \
+                not _STDLIB_LOGGER.isEnabledFor(_LEVELS.get(level, logging.WARNING)):
+            return
+        getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
+
+
 class PoolLogs(PoolListener):
     """Logs exhaustion, refusals, connection errors and outages, discards and close.
 
@@ -96,35 +127,20 @@ class PoolLogs(PoolListener):
       failed attempts) tell the story, and these two keep a slow pulse in between.
     """
 
-    def __init__(self, pool_name: str, logger: Any = None, *,
-                 holders: Callable[[], list[dict[str, Any]]] | None = None,
+    def __init__(self, log: LogEmitter, *,
+                 holders: Callable[[TimeoutEvent], list[dict[str, Any]]] | None = None,
                  exhaustion_interval: float = 1.0, failure_interval: float = 5.0) -> None:
-        self.pool_name = pool_name
-        self._logger = logger
-        self.holders = holders
+        """``log``: the pool's :class:`LogEmitter`. ``holders``: who holds the connections
+        when a ``getconn`` gives up, for ``pool_exhausted`` (the leak detector's
+        ``exhaustion_holders``, made once per timeout); None when the detector is off."""
+        self.log = log
+        self._holders = holders
         self.exhaustion_interval = exhaustion_interval
         self.failure_interval = failure_interval
         self._exhausted = RateLimit()
         self._refused = RateLimit()
         self._failed = RateLimit()
         self._unavailable = RateLimit()
-
-    @property
-    def logger(self) -> Any:
-        """The logger given to ``instrument()``, else structlog's (looked up when used)."""
-        return self._logger if self._logger is not None else structlog.get_logger(LOGGER_NAME)
-
-    def log(self, level: str, event: str, **fields: Any) -> None:
-        """Emit ``event`` at ``level`` with the pool name and the current trace ids.
-
-        Held back, while structlog is not configured and no logger was given, below the
-        level of the stdlib ``psycopg2_pool`` logger (WARNING by default): an unconfigured
-        structlog would print every routine event to stdout.
-        """
-        if self._logger is None and not structlog.is_configured() and \
-                not _STDLIB_LOGGER.isEnabledFor(_LEVELS.get(level, logging.WARNING)):
-            return
-        getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
 
     def on_timeout(self, event: TimeoutEvent) -> None:
         error = event.error
@@ -147,8 +163,8 @@ class PoolLogs(PoolListener):
             "timeout_s": event.timeout,
             "suppressed": suppressed,
         }
-        if self.holders is not None:
-            fields["holders"] = self.holders()
+        if self._holders is not None:
+            fields["holders"] = self._holders(event)
         self.log("warning", "pool_exhausted", **fields)
 
     def _request_refused(self, event: TimeoutEvent, error: TooManyRequests) -> None:
