@@ -36,7 +36,7 @@ from psycopg2_pool.events import (
     TimeoutEvent,
 )
 
-from . import stacks
+from . import names, stacks
 
 if TYPE_CHECKING:  # pragma: no cover
     from psycopg2_pool.leakcheck import LeakChecker
@@ -132,7 +132,7 @@ class LeakDetector(PoolListener):
         """A checkout reported as a suspected leak came back: say so (and how long it was)."""
         self._reported.discard(conn_id)
         if checkout is not None:
-            self._report("info", "connection_leak_returned", conn_id, _new_checkout(
+            self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, _new_checkout(
                 Checkout, checkout), conn, held_s=round(use_time, 3))
 
     def _checkouts(self) -> list[tuple[int, Checkout]]:
@@ -155,7 +155,7 @@ class LeakDetector(PoolListener):
                 self.leak_count += 1
         leak = self._snapshot(conn_id, checkout, None, backend_pid=event.backend_pid)
         self.collected.append((monotonic(), leak))
-        self._report("error", "connection_leaked", conn_id, checkout, None,
+        self._report("error", names.LOG_CONNECTION_LEAKED, conn_id, checkout, None,
                      backend_pid=event.backend_pid, held_s=leak.held_s,
                      hint="checked out, then dropped without putconn(): the garbage collector "
                           "closed it; return it with putconn() or `with pool.connection()`")
@@ -167,7 +167,7 @@ class LeakDetector(PoolListener):
 
     def on_close(self, event: CloseEvent) -> None:
         for conn_id, checkout in self._checkouts():
-            self._report("warning", "connection_leak_suspected", conn_id, checkout,
+            self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
                          checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
                          when="pool_closed")
 
@@ -186,7 +186,7 @@ class LeakDetector(PoolListener):
             self._reported.add(conn_id)
             with self._lock:
                 self.leak_count += 1
-            self._report("warning", "connection_leak_suspected", conn_id, checkout,
+            self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
                          checkout.conn_ref(), held_s=round(now - checkout.since, 3),
                          threshold_s=threshold)
 
