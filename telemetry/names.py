@@ -2,7 +2,7 @@
 
 Metric and attribute names of the database client connection pool come from
 ``opentelemetry-semantic-conventions``; the project's own metrics live outside the reserved
-``db.*`` namespace, under ``psycopg2_pool.*``. docs/metrics.md is checked against this module
+``db.*`` namespace, under ``psycopg2_pool.*``. docs/telemetry.md is checked against this module
 by a test, and the dashboards are generated from it.
 """
 
