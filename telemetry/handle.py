@@ -209,7 +209,7 @@ def _check_same(handle: PoolInstrumentation, requested: dict[str, Any]) -> None:
     has = ", ".join(f"{key}={_shown(before[key])}" for key in differ)
     asks = ", ".join(f"{key}={_shown(requested[key])}" for key in differ)
     raise ValueError(f"pool {handle.name!r} is already instrumented with {has}; this call "
-                     f"asks for {asks}, which cannot take effect on a live instrumentation. "
+                     f"asks for {asks}, which cannot take effect on a live handle. "
                      f"Call uninstrument(pool) first to instrument it anew, or pass the same "
                      f"settings to get the existing handle (telemetry.instrumentation(pool) "
                      f"returns it without settings)")

@@ -140,7 +140,7 @@ class LeakDetector(PoolListener):
         return [(conn_id, _new_checkout(Checkout, fields))
                 for conn_id, fields in list(self._out.items())]
 
-    # -- hooks (off the checkout path) -------------------------------------------------------
+    # -- listener methods (off the checkout path) ---------------------------------------------
 
     def on_discard(self, event: DiscardEvent) -> None:
         conn_id = event.connection_id

@@ -1,4 +1,4 @@
-"""structlog events from the pool's hooks.
+"""Log events, through structlog, from the pool's events.
 
 Event names are stable snake_case (listed in :mod:`telemetry.names`); every event carries
 ``pool`` and, inside a trace, ``trace_id``/``span_id``. The logger comes from
