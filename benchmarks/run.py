@@ -253,11 +253,11 @@ def capture_cost(samples: int) -> float:
 def histogram_costs(sdk: Telemetry, values: int) -> tuple[float, float]:
     """(µs per value recorded by ``record()``, µs per value by the telemetry's bulk merge)."""
     from telemetry.bulk_record import record_many
-    from telemetry.names import LATENCY_BUCKETS
+    from telemetry.names import LATENCY_BUCKETS, POOL_NAME
 
     meter = sdk.meter_provider.get_meter("benchmarks")
     data = [random.random() / 100 for _ in range(values)]
-    attributes = {"db.client.connection.pool.name": "benchmarks"}
+    attributes = {POOL_NAME: "benchmarks"}
     one = meter.create_histogram("bench.record", unit="s",
                                  explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
     started = time.perf_counter()

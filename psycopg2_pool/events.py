@@ -1,4 +1,4 @@
-"""The pool's public hook interface: events and the listener that receives them.
+"""The pool's public listener interface: events and the listeners that receive them.
 
 A listener is any object with some of the ``on_*`` methods of :class:`PoolListener`
 (subclassing it is optional). The pool looks the methods up once, in
@@ -9,12 +9,12 @@ the event, never while holding its lock. A method that raises is logged on the
 
 Events are small immutable records. Times are seconds (floats) from ``time.monotonic``.
 
-The two hooks on every checkout and return have a second form, for listeners that pay for each
+The methods called on checkout and return have a second form, for listeners that pay for each
 query (telemetry): ``on_checkout_fields(pool, connection, wait_time, waited, opened)`` and
 ``on_checkin_fields(pool, connection, use_time, kept, reason)`` receive the fields of
 :class:`CheckoutEvent` and :class:`CheckinEvent` as arguments, so that the pool builds no event
 object for them (a named tuple costs ~0.15 µs, as much as the rest of a bare checkout). Like
-HikariCP's metrics tracker, it is the narrow seam for hot-path observers; the event forms stay
+HikariCP's metrics tracker, it is the narrow seam for hot-path listeners; the event forms stay
 the simple one.
 """
 

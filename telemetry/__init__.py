@@ -1,7 +1,7 @@
 """OpenTelemetry metrics and spans, structlog events and leak reports for psycopg2_pool.
 
 ``from telemetry import instrument``; ``handle = instrument(pool)``; ``handle.uninstrument()``.
-See docs/metrics.md for every metric, span and log event, and docs/leaks.md for leak reports.
+See docs/telemetry.md for every metric, span and log event, and docs/leaks.md for leak reports.
 
 Names are imported on first use, so that importing the package (or ``telemetry.pytest_plugin``,
 kept for installs made before the plugin moved to ``psycopg2_pool.pytest_plugin``) costs

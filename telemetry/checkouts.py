@@ -58,7 +58,7 @@ _get_context = _context_getter()
 class CheckoutRecorder:
     """Records each checkout and checkin of one pool for its metrics, spans and leaks.
 
-    It takes the pool's fields form of the two hooks (``on_checkout_fields``,
+    It takes the fields form of the two listener methods (``on_checkout_fields``,
     ``on_checkin_fields``): no event object is built for it.
     """
 
@@ -76,7 +76,7 @@ class CheckoutRecorder:
         if detector is not None:  # the detector's own tables, written here directly
             self._detector = detector
             self._out, self._reported, self._expected = detector.tables()
-        else:  # nothing to record: the cheaper hooks
+        else:  # nothing to record: the cheaper methods
             self.on_checkout_fields = self._checkout_metrics_only  # type: ignore[method-assign]
             self.on_checkin_fields = self._checkin_metrics_only  # type: ignore[method-assign]
 

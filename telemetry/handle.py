@@ -20,7 +20,7 @@ from psycopg2_pool.events import CloseEvent
 from . import names
 from .checkouts import CheckoutRecorder
 from .leaks import Leak, LeakDetector
-from .logs import PoolLogs
+from .logs import LogEmitter, PoolLogs
 from .metrics import PoolMetrics
 from .spans import PoolSpans
 from .worker import WORKER
@@ -55,22 +55,25 @@ class PoolInstrumentation:
             names.SCOPE, _VERSION)
         tracer = (tracer_provider or otel_trace.get_tracer_provider()).get_tracer(
             names.SCOPE, _VERSION)
-        self.logs = PoolLogs(self.name, logger)
+        # Built in dependency order, each part given what it uses; none refers back.
+        log = LogEmitter(self.name, logger)
         # Off (None): not attached at all, so checkouts pay nothing for it.
-        self.leak_detector = (LeakDetector(leak_threshold, self.logs.log)
-                              if leak_threshold is not None else None)
-        self.metrics = PoolMetrics(pool, self.name, meter, self._leak_count)
+        detector = LeakDetector(leak_threshold, log) if leak_threshold is not None else None
+        self.leak_detector = detector
+        self.logs = PoolLogs(log, holders=None if detector is None
+                             else detector.exhaustion_holders)
+        self.metrics = PoolMetrics(pool, self.name, meter,
+                                   leak_count=None if detector is None else detector.count)
         self.spans = PoolSpans(self.name, tracer)
         # The only listener on the checkout path: one call per getconn and per putconn for
         # the metrics, the spans and the leak record. The others see the rarer events.
-        self.checkouts = CheckoutRecorder(self.metrics, self.spans, self.leak_detector,
-                                          checkout_spans)
-        listeners: list[object] = [self.checkouts, self.metrics, self.spans, self.logs]
-        if self.leak_detector is not None:
-            self.logs.holders = self.leak_detector.holders
-            listeners.insert(1, self.leak_detector)
-        listeners.append(self)  # on_close: stop the background work with the pool
-        self._listeners = tuple(listeners)
+        self.checkouts = CheckoutRecorder(self.metrics, self.spans, detector, checkout_spans)
+        # The detector before the logs: on a timeout it makes the holders that its note on
+        # the error and the pool_exhausted log event share. Last, this handle (on_close:
+        # stop the background work with the pool).
+        self._listeners: tuple[object, ...] = (
+            self.checkouts, *(() if detector is None else (detector,)), self.metrics, self.spans,
+            self.logs, self)
         for listener in self._listeners:
             pool.add_listener(listener)
         self._task: int | None = WORKER.add(self._background)
@@ -128,9 +131,6 @@ class PoolInstrumentation:
         """Declare that this checkout of ``conn`` is meant to be long: never report it."""
         if self.leak_detector is not None:
             self.leak_detector.expect_long_hold(conn, reason)
-
-    def _leak_count(self) -> int:
-        return self.leak_detector.count() if self.leak_detector is not None else 0
 
     def flush(self) -> None:
         """Record buffered latencies into the SDK now (exporters also trigger it)."""
@@ -209,7 +209,7 @@ def _check_same(handle: PoolInstrumentation, requested: dict[str, Any]) -> None:
     has = ", ".join(f"{key}={_shown(before[key])}" for key in differ)
     asks = ", ".join(f"{key}={_shown(requested[key])}" for key in differ)
     raise ValueError(f"pool {handle.name!r} is already instrumented with {has}; this call "
-                     f"asks for {asks}, which cannot take effect on a live instrumentation. "
+                     f"asks for {asks}, which cannot take effect on a live handle. "
                      f"Call uninstrument(pool) first to instrument it anew, or pass the same "
                      f"settings to get the existing handle (telemetry.instrumentation(pool) "
                      f"returns it without settings)")

@@ -36,7 +36,7 @@ from psycopg2_pool.events import (
     TimeoutEvent,
 )
 
-from . import stacks
+from . import names, stacks
 
 if TYPE_CHECKING:  # pragma: no cover
     from psycopg2_pool.leakcheck import LeakChecker
@@ -63,6 +63,10 @@ _new_checkout = tuple.__new__
 
 def _wrap(fields: tuple[Any, ...] | None) -> Checkout | None:
     return None if fields is None else _new_checkout(Checkout, fields)
+
+
+#: The error of a timeout (held weakly) and the holders made for it.
+_Holders = tuple[weakref.ref[BaseException], list[dict[str, object]]]
 
 
 class Leak(NamedTuple):
@@ -107,6 +111,9 @@ class LeakDetector(PoolListener):
         self.leak_count = 0
         #: The latest connections collected while checked out: (when, snapshot).
         self.collected: deque[tuple[float, Leak]] = deque(maxlen=100)
+        # Per thread (listeners run on the thread that gave up): the error of the latest
+        # timeout, held weakly, and the holders made for it (exhaustion_holders).
+        self._timeout = threading.local()
 
     def count(self) -> int:
         """Leaks found so far: held past the threshold, or collected while checked out."""
@@ -129,7 +136,7 @@ class LeakDetector(PoolListener):
             return
         self._reported.discard(conn_id)
         if checkout is not None:
-            self._report("info", "connection_leak_returned", conn_id, _new_checkout(
+            self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, _new_checkout(
                 Checkout, checkout), conn, held_s=round(use_time, 3))
 
     def _checkouts(self) -> list[tuple[int, Checkout]]:
@@ -137,7 +144,7 @@ class LeakDetector(PoolListener):
         return [(conn_id, _new_checkout(Checkout, fields))
                 for conn_id, fields in list(self._out.items())]
 
-    # -- hooks (off the checkout path) -------------------------------------------------------
+    # -- listener methods (off the checkout path) ---------------------------------------------
 
     def on_discard(self, event: DiscardEvent) -> None:
         conn_id = event.connection_id
@@ -152,19 +159,19 @@ class LeakDetector(PoolListener):
                 self.leak_count += 1
         leak = self._snapshot(conn_id, checkout, None, backend_pid=event.backend_pid)
         self.collected.append((monotonic(), leak))
-        self._report("error", "connection_leaked", conn_id, checkout, None,
+        self._report("error", names.LOG_CONNECTION_LEAKED, conn_id, checkout, None,
                      backend_pid=event.backend_pid, held_s=leak.held_s,
                      hint="checked out, then dropped without putconn(): the garbage collector "
                           "closed it; return it with putconn() or `with pool.connection()`")
 
     def on_timeout(self, event: TimeoutEvent) -> None:
-        holders = self.holders()
+        holders = self.exhaustion_holders(event)
         if holders and hasattr(event.error, "add_note"):
             event.error.add_note(holders_note(holders))
 
     def on_close(self, event: CloseEvent) -> None:
         for conn_id, checkout in self._checkouts():
-            self._report("warning", "connection_leak_suspected", conn_id, checkout,
+            self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
                          checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
                          when="pool_closed")
 
@@ -183,7 +190,7 @@ class LeakDetector(PoolListener):
             self._reported.add(conn_id)
             with self._lock:
                 self.leak_count += 1
-            self._report("warning", "connection_leak_suspected", conn_id, checkout,
+            self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
                          checkout.conn_ref(), held_s=round(now - checkout.since, 3),
                          threshold_s=threshold)
 
@@ -210,6 +217,18 @@ class LeakDetector(PoolListener):
         now = monotonic()
         return stacks.sites_summary([(stacks.site(c.frames), now - c.since, _trace_id(c))
                                      for c in (c for _, c in self._checkouts())])
+
+    def exhaustion_holders(self, event: TimeoutEvent) -> list[dict[str, object]]:
+        """:meth:`holders` when ``event``'s ``getconn`` gave up, made once per timeout: the
+        note this detector adds to the error and the ``pool_exhausted`` log event
+        (:class:`telemetry.logs.PoolLogs`) carry the same list, whichever asks first."""
+        error = event.error
+        last: _Holders | None = getattr(self._timeout, "last", None)
+        if last is not None and last[0]() is error:
+            return last[1]
+        holders = self.holders()
+        self._timeout.last = (weakref.ref(error), holders)
+        return holders
 
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""

@@ -1,4 +1,4 @@
-"""structlog events from the pool's hooks.
+"""Log events, through structlog, from the pool's events.
 
 Event names are stable snake_case (listed in :mod:`telemetry.names`); every event carries
 ``pool`` and, inside a trace, ``trace_id``/``span_id``. The logger comes from
@@ -37,11 +37,10 @@ from psycopg2_pool.events import (
     UnavailableEvent,
 )
 
-#: structlog logger name (also the stdlib logger name when structlog renders through it).
-LOGGER_NAME = "psycopg2_pool"
+from . import names
 
 #: Decides which levels pass while structlog is not configured (see the module docstring).
-_STDLIB_LOGGER = logging.getLogger(LOGGER_NAME)
+_STDLIB_LOGGER = logging.getLogger(names.LOGGER_NAME)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
@@ -81,6 +80,38 @@ def trace_fields() -> dict[str, str]:
             "span_id": format(context.span_id, "016x")}
 
 
+class LogEmitter:
+    """Emits one pool's log events: ``log(level, event, **fields)``, a plain callable.
+
+    The listeners that log (:class:`PoolLogs`, the leak detector) are each given this one
+    emitter, so every log event of a pool carries the same ``pool`` and goes to the same logger.
+    """
+
+    __slots__ = ("_logger", "pool_name")
+
+    def __init__(self, pool_name: str, logger: Any = None) -> None:
+        self.pool_name = pool_name
+        self._logger = logger
+
+    @property
+    def logger(self) -> Any:
+        """The logger given to ``instrument()``, else structlog's (looked up when used)."""
+        logger = self._logger
+        return logger if logger is not None else structlog.get_logger(names.LOGGER_NAME)
+
+    def __call__(self, level: str, event: str, **fields: Any) -> None:
+        """Emit ``event`` at ``level`` with the pool name and the current trace ids.
+
+        Held back, while structlog is not configured and no logger was given, below the
+        level of the stdlib ``psycopg2_pool`` logger (WARNING by default): an unconfigured
+        structlog would print every routine event to stdout.
+        """
+        if self._logger is None and not structlog.is_configured() and \
+                not _STDLIB_LOGGER.isEnabledFor(_LEVELS.get(level, logging.WARNING)):
+            return
+        getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
+
+
 class PoolLogs(PoolListener):
     """Logs exhaustion, refusals, connection errors and outages, discards and close.
 
@@ -96,35 +127,20 @@ class PoolLogs(PoolListener):
       failed attempts) tell the story, and these two keep a slow pulse in between.
     """
 
-    def __init__(self, pool_name: str, logger: Any = None, *,
-                 holders: Callable[[], list[dict[str, Any]]] | None = None,
+    def __init__(self, log: LogEmitter, *,
+                 holders: Callable[[TimeoutEvent], list[dict[str, Any]]] | None = None,
                  exhaustion_interval: float = 1.0, failure_interval: float = 5.0) -> None:
-        self.pool_name = pool_name
-        self._logger = logger
-        self.holders = holders
+        """``log``: the pool's :class:`LogEmitter`. ``holders``: who holds the connections
+        when a ``getconn`` gives up, for ``pool_exhausted`` (the leak detector's
+        ``exhaustion_holders``, made once per timeout); None when the detector is off."""
+        self.log = log
+        self._holders = holders
         self.exhaustion_interval = exhaustion_interval
         self.failure_interval = failure_interval
         self._exhausted = RateLimit()
         self._refused = RateLimit()
         self._failed = RateLimit()
         self._unavailable = RateLimit()
-
-    @property
-    def logger(self) -> Any:
-        """The logger given to ``instrument()``, else structlog's (looked up when used)."""
-        return self._logger if self._logger is not None else structlog.get_logger(LOGGER_NAME)
-
-    def log(self, level: str, event: str, **fields: Any) -> None:
-        """Emit ``event`` at ``level`` with the pool name and the current trace ids.
-
-        Held back, while structlog is not configured and no logger was given, below the
-        level of the stdlib ``psycopg2_pool`` logger (WARNING by default): an unconfigured
-        structlog would print every routine event to stdout.
-        """
-        if self._logger is None and not structlog.is_configured() and \
-                not _STDLIB_LOGGER.isEnabledFor(_LEVELS.get(level, logging.WARNING)):
-            return
-        getattr(self.logger, level)(event, pool=self.pool_name, **fields, **trace_fields())
 
     def on_timeout(self, event: TimeoutEvent) -> None:
         error = event.error
@@ -147,9 +163,9 @@ class PoolLogs(PoolListener):
             "timeout_s": event.timeout,
             "suppressed": suppressed,
         }
-        if self.holders is not None:
-            fields["holders"] = self.holders()
-        self.log("warning", "pool_exhausted", **fields)
+        if self._holders is not None:
+            fields["holders"] = self._holders(event)
+        self.log("warning", names.LOG_POOL_EXHAUSTED, **fields)
 
     def _request_refused(self, event: TimeoutEvent, error: TooManyRequests) -> None:
         # Its own event, not pool_exhausted: the queue is full, which happens as much during
@@ -159,7 +175,8 @@ class PoolLogs(PoolListener):
             return
         pool = event.pool
         stats = pool.get_stats()
-        self.log("warning", "request_refused", max_waiting=getattr(pool, "max_waiting", None),
+        self.log("warning", names.LOG_REQUEST_REFUSED,
+                  max_waiting=getattr(pool, "max_waiting", None),
                   waiting=stats["requests_waiting"], maxconn=error.maxconn,
                   in_use=error.in_use, unavailable_s=stats.get("unavailable_s", 0.0),
                   suppressed=suppressed)
@@ -169,7 +186,7 @@ class PoolLogs(PoolListener):
         if suppressed is None:
             return
         cause = error.__cause__
-        self.log("warning", "server_unavailable", waited_s=round(event.wait_time, 6),
+        self.log("warning", names.LOG_SERVER_UNAVAILABLE, waited_s=round(event.wait_time, 6),
                   timeout_s=event.timeout, attempts=error.attempts,
                   unavailable_s=round(error.unavailable_for, 3),
                   waiting=event.pool.get_stats()["requests_waiting"],
@@ -183,26 +200,26 @@ class PoolLogs(PoolListener):
         if suppressed is None:
             return
         # The class and libpq's message: it names host, port and user, never the password.
-        self.log("error", "connection_failed", error_type=type(event.error).__name__,
+        self.log("error", names.LOG_CONNECTION_FAILED, error_type=type(event.error).__name__,
                   error=str(event.error).strip(), duration_s=round(event.duration, 6),
                   suppressed=suppressed)
 
     def on_unavailable(self, event: UnavailableEvent) -> None:
-        self.log("error", "pool_unavailable", error_type=type(event.error).__name__,
+        self.log("error", names.LOG_POOL_UNAVAILABLE, error_type=type(event.error).__name__,
                   error=one_line(event.error))
 
     def on_recovered(self, event: RecoveredEvent) -> None:
-        self.log("warning", "pool_recovered", outage_s=round(event.outage, 3),
+        self.log("warning", names.LOG_POOL_RECOVERED, outage_s=round(event.outage, 3),
                   failed_attempts=event.attempts,
                   last_error_type=type(event.error).__name__ if event.error is not None
                   else None, last_error=one_line(event.error))
 
     def on_discard(self, event: DiscardEvent) -> None:
-        self.log("debug", "connection_discarded", reason=event.reason,
+        self.log("debug", names.LOG_CONNECTION_DISCARDED, reason=event.reason,
                   backend_pid=event.backend_pid, age_s=round(event.age, 3))
 
     def on_close(self, event: CloseEvent) -> None:
         if event.in_use:
-            self.log("warning", "pool_closed_with_connections_out", in_use=event.in_use)
+            self.log("warning", names.LOG_POOL_CLOSED_WITH_CONNECTIONS_OUT, in_use=event.in_use)
         else:
-            self.log("info", "pool_closed")
+            self.log("info", names.LOG_POOL_CLOSED)

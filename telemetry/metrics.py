@@ -36,7 +36,11 @@ BACKLOG = 20_000
 
 
 class PoolMetrics(PoolListener):
-    """One pool's metrics: buffers latencies, answers the observable callbacks."""
+    """One pool's metrics: buffers latencies, answers the observable callbacks.
+
+    ``leak_count``: the leak detector's count, read at each collection (None: the detector is
+    off, and the leaks metric stays at 0).
+    """
 
     def __init__(self, pool: ConnectionPool, pool_name: str, meter: Meter,
                  leak_count: Callable[[], int] | None = None) -> None:
@@ -92,8 +96,7 @@ class PoolMetrics(PoolListener):
         if pool is None:
             return {}
         stats = pool.get_stats()
-        if self.leak_count is not None:
-            stats["leaks"] = self.leak_count()
+        stats["leaks"] = self.leak_count() if self.leak_count is not None else 0
         return stats
 
 

@@ -2,7 +2,7 @@
 
 Metric and attribute names of the database client connection pool come from
 ``opentelemetry-semantic-conventions``; the project's own metrics live outside the reserved
-``db.*`` namespace, under ``psycopg2_pool.*``. docs/metrics.md is checked against this module
+``db.*`` namespace, under ``psycopg2_pool.*``. docs/telemetry.md is checked against this module
 by a test, and the dashboards are generated from it.
 """
 
@@ -46,6 +46,10 @@ REFUSED = "psycopg2_pool.refused_requests"
 
 #: The instrumentation scope (meter and tracer name).
 SCOPE = "psycopg2_pool"
+
+#: The structlog logger of the log events (also the stdlib logger's name when structlog
+#: renders through stdlib logging).
+LOGGER_NAME = "psycopg2_pool"
 
 POOL_NAME = DB_CLIENT_CONNECTION_POOL_NAME  # "db.client.connection.pool.name"
 STATE = DB_CLIENT_CONNECTION_STATE  # "db.client.connection.state": "idle" | "used"
@@ -118,8 +122,27 @@ METRIC_BY_NAME = {m.name: m for m in METRICS}
 #: The span made for a getconn inside a recording trace (semantic conventions style:
 #: "<operation> <target>"; the pool name goes in an attribute).
 SPAN_GETCONN = "getconn"
-SPAN_ATTRIBUTES = (POOL_NAME, "psycopg2_pool.wait_time", "psycopg2_pool.waited",
-                   "psycopg2_pool.opened", "psycopg2_pool.outcome", ERROR_TYPE)
+SPAN_WAIT_TIME = "psycopg2_pool.wait_time"  # seconds waited
+SPAN_WAITED = "psycopg2_pool.waited"  # whether the call waited at all
+SPAN_OPENED = "psycopg2_pool.opened"  # acquired only: whether it opened the connection
+SPAN_OUTCOME = "psycopg2_pool.outcome"  # "acquired" | "timeout" | "refused"
+SPAN_ATTRIBUTES = (POOL_NAME, SPAN_WAIT_TIME, SPAN_WAITED, SPAN_OPENED, SPAN_OUTCOME,
+                   ERROR_TYPE)
+
+
+#: The log events (structlog's ``event``), described in LOG_EVENTS below.
+LOG_POOL_EXHAUSTED = "pool_exhausted"
+LOG_REQUEST_REFUSED = "request_refused"
+LOG_CONNECTION_FAILED = "connection_failed"
+LOG_POOL_UNAVAILABLE = "pool_unavailable"
+LOG_POOL_RECOVERED = "pool_recovered"
+LOG_SERVER_UNAVAILABLE = "server_unavailable"
+LOG_CONNECTION_DISCARDED = "connection_discarded"
+LOG_POOL_CLOSED = "pool_closed"
+LOG_POOL_CLOSED_WITH_CONNECTIONS_OUT = "pool_closed_with_connections_out"
+LOG_CONNECTION_LEAK_SUSPECTED = "connection_leak_suspected"
+LOG_CONNECTION_LEAK_RETURNED = "connection_leak_returned"
+LOG_CONNECTION_LEAKED = "connection_leaked"
 
 
 class LogEvent(NamedTuple):
@@ -131,32 +154,32 @@ class LogEvent(NamedTuple):
 
 
 LOG_EVENTS = (
-    LogEvent("pool_exhausted", "warning",
+    LogEvent(LOG_POOL_EXHAUSTED, "warning",
              "getconn gave up: every connection in use. Counts, wait, and who holds them "
              "(at most one a second per pool, with a count of the others)."),
-    LogEvent("request_refused", "warning",
+    LogEvent(LOG_REQUEST_REFUSED, "warning",
              "getconn was refused at once: max_waiting callers already waited (at most one a "
              "second per pool, with a count of the others)."),
-    LogEvent("connection_failed", "error",
+    LogEvent(LOG_CONNECTION_FAILED, "error",
              "Opening a connection failed (at most one per 5 s per pool, with a count of the "
              "others)."),
-    LogEvent("pool_unavailable", "error",
+    LogEvent(LOG_POOL_UNAVAILABLE, "error",
              "Opening connections started to fail: an outage began (once per outage)."),
-    LogEvent("pool_recovered", "warning",
+    LogEvent(LOG_POOL_RECOVERED, "warning",
              "A connection opened again after an outage: how long it lasted, attempts that "
              "failed."),
-    LogEvent("server_unavailable", "warning",
+    LogEvent(LOG_SERVER_UNAVAILABLE, "warning",
              "getconn gave up because no connection could be opened: the server is down or not "
              "answering (at most one per 5 s per pool, with a count of the others)."),
-    LogEvent("connection_discarded", "debug", "The pool closed a connection, and why."),
-    LogEvent("pool_closed", "info", "The pool was closed with every connection returned."),
-    LogEvent("pool_closed_with_connections_out", "warning",
+    LogEvent(LOG_CONNECTION_DISCARDED, "debug", "The pool closed a connection, and why."),
+    LogEvent(LOG_POOL_CLOSED, "info", "The pool was closed with every connection returned."),
+    LogEvent(LOG_POOL_CLOSED_WITH_CONNECTIONS_OUT, "warning",
              "The pool was closed while connections were still checked out."),
-    LogEvent("connection_leak_suspected", "warning",
+    LogEvent(LOG_CONNECTION_LEAK_SUSPECTED, "warning",
              "A connection was held past the leak threshold: where it was taken."),
-    LogEvent("connection_leak_returned", "info",
+    LogEvent(LOG_CONNECTION_LEAK_RETURNED, "info",
              "A connection reported as leaked came back: total time held."),
-    LogEvent("connection_leaked", "error",
+    LogEvent(LOG_CONNECTION_LEAKED, "error",
              "A checked-out connection was garbage-collected without being returned."),
 )
 

@@ -41,7 +41,7 @@ class PoolSpans(PoolListener):
         span = self.tracer.start_span(
             names.SPAN_GETCONN, kind=SpanKind.INTERNAL, start_time=end - int(event.wait_time * 1e9),
             attributes={**self._attributes(event.wait_time, event.waited, "acquired"),
-                        "psycopg2_pool.opened": event.opened})
+                        names.SPAN_OPENED: event.opened})
         span.end(end_time=end)
 
     def on_timeout(self, event: TimeoutEvent) -> None:
@@ -69,7 +69,7 @@ class PoolSpans(PoolListener):
     def _attributes(self, wait: float, waited: bool, outcome: str) -> dict[str, Any]:
         return {
             names.POOL_NAME: self.pool_name,
-            "psycopg2_pool.wait_time": wait,
-            "psycopg2_pool.waited": waited,
-            "psycopg2_pool.outcome": outcome,
+            names.SPAN_WAIT_TIME: wait,
+            names.SPAN_WAITED: waited,
+            names.SPAN_OUTCOME: outcome,
         }

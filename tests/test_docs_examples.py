@@ -34,7 +34,7 @@ def examples(path: Path) -> list[str]:
 def test_every_document_with_code_is_checked() -> None:
     with_code = [p.name for p in DOCUMENTS if examples(p)]
     assert {"README.md", "api.md", "quickstart.md", "migration.md", "troubleshooting.md",
-            "production.md", "leaks.md", "metrics.md", "dashboards.md"} <= set(with_code)
+            "production.md", "leaks.md", "telemetry.md", "dashboards.md"} <= set(with_code)
 
 
 @pytest.fixture(scope="module")

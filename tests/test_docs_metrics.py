@@ -1,4 +1,4 @@
-"""docs/metrics.md tells the truth: its tables match what the code emits."""
+"""docs/telemetry.md tells the truth: its tables match what the code emits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from telemetry import names
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "telemetry.md"
 
 
 def table_rows(heading: str) -> list[list[str]]:

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from telemetry import PoolInstrumentation, instrument, names
+from telemetry.leaks import holders_note
 
 HERE = Path(__file__)
 
@@ -262,7 +263,7 @@ def test_exhaustion_names_who_took_them_all(dsn: str, otel: Otel) -> None:
         assert helper == {"site": site("helper", "get_db"), "count": 1,
                           "oldest_s": helper["oldest_s"], "trace_ids": [requests[1]]}
         assert stored["oldest_s"] >= 0.01
-        (note,) = raised.value.__notes__  # made a moment before the log event: other ages
+        (note,) = raised.value.__notes__  # from the same holders as the log event
         age = r"[0-9.]+"
         assert re.fullmatch(
             re.escape(f"connections checked out by: 3 held by "
@@ -275,6 +276,35 @@ def test_exhaustion_names_who_took_them_all(dsn: str, otel: Otel) -> None:
         gc.collect()
         pool.close()
         handle.uninstrument()
+
+
+def test_exhaustion_holders_are_made_once_for_the_note_and_the_log(
+        pool: ConnectionPool, handle: PoolInstrumentation) -> None:
+    """One timeout, one walk over the checkouts: the error's note and ``pool_exhausted``
+    share it (a second timeout makes its own)."""
+    detector = handle.leak_detector
+    assert detector is not None
+    made: list[list[dict[str, object]]] = []
+    holders = detector.holders
+
+    def counting() -> list[dict[str, object]]:
+        made.append(holders())
+        return made[-1]
+
+    detector.holders = counting  # type: ignore[method-assign]  # the real one, counted
+    handle.logs.exhaustion_interval = 0  # log both timeouts
+    keep = [pool.getconn() for _ in range(4)]
+    try:
+        for timeouts in (1, 2):
+            with capture_logs() as logs, pytest.raises(PoolExhausted) as raised:
+                pool.getconn()
+            assert len(made) == timeouts
+            (event,) = [e for e in logs if e["event"] == "pool_exhausted"]
+            assert event["holders"] is made[-1]
+            assert raised.value.__notes__ == [holders_note(made[-1])]
+    finally:
+        for conn in keep:
+            pool.putconn(conn)
 
 
 def test_exhaustion_lists_a_few_traces_per_site(dsn: str, otel: Otel) -> None:

@@ -47,7 +47,7 @@ def test_another_leak_threshold_raises_and_changes_nothing(pool: ConnectionPool)
         instrument(pool, leak_threshold=5)
     assert str(raised.value) == (
         "pool 'again' is already instrumented with leak_threshold=30.0; this call asks for "
-        "leak_threshold=5, which cannot take effect on a live instrumentation. Call "
+        "leak_threshold=5, which cannot take effect on a live handle. Call "
         "uninstrument(pool) first to instrument it anew, or pass the same settings to get the "
         "existing handle (telemetry.instrumentation(pool) returns it without settings)")
     assert instrumentation(pool) is handle and handle.active
