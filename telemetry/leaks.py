@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +47,7 @@ class Checkout(NamedTuple):
     (:class:`telemetry.checkouts.CheckoutRecorder` makes it)."""
 
     conn_ref: weakref.ref[Any]
-    raw_stack: tuple[Any, ...]  # code, offset, code, offset... innermost first (stacks.stack)
+    raw_stack: Sequence[Any]  # code, offset, code, offset... innermost first (stacks.record)
     since: float
     thread: threading.Thread  # its name is read when a report is made
     span: Any  # the span current at checkout (its trace id is read when a report is made)

@@ -63,8 +63,18 @@ def py_stack(frame: FrameType | None, limit: int) -> tuple[Any, ...]:
 def py_record(table: dict[int, tuple[Any, ...]], conn: Any, frame: FrameType | None,
               limit: int, span: Any) -> None:
     """``table[id(conn)] = (weakref(conn), stack, time.monotonic(), thread, span)``: the
-    leak detector's record of one checkout (the fields of ``telemetry.leaks.Checkout``)."""
-    table[id(conn)] = (_ref(conn), py_stack(frame, limit), monotonic(),
+    leak detector's record of one checkout (the fields of ``telemetry.leaks.Checkout``), the
+    stack as :func:`py_stack` makes it, walked here rather than through a call (this runs on
+    every checkout where the C version is not built)."""
+    raw: list[Any] = []
+    append = raw.append
+    for _ in range(limit):
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+    table[id(conn)] = (_ref(conn), raw, monotonic(),
                        _threads_get(_get_ident()) or _current_thread(), span)
 
 
