@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 
 from psycopg2_pool import ConnectionPool
+from psycopg2_pool.testing import embedded_server
 from tests.support.otel import Otel
 from tests.support.pools import MakePool
 from tests.support.system import DSN_ENV
@@ -30,9 +31,7 @@ def dsn() -> Iterator[str]:
     if not external:
         pytest.importorskip("pgserver", reason=f"pgserver is not installed and {DSN_ENV} is "
                                                f"not set: no PostgreSQL to test against")
-    from telemetry.demo import database
-
-    with database(external) as uri:
+    with embedded_server(external) as uri:
         yield uri
 
 

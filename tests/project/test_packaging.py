@@ -55,6 +55,19 @@ def test_the_pool_never_imports_telemetry() -> None:
     assert result.stdout.strip() == "False"
 
 
+
+def test_the_embedded_server_helper_needs_pgserver_only_to_start_one() -> None:
+    """psycopg2_pool.testing serves the tests, the benchmarks and the demo: importing it, or
+    using it with a DSN, starts nothing and imports no pgserver."""
+    code = ("import sys\n"
+            "from psycopg2_pool.testing import embedded_server\n"
+            "with embedded_server('dbname=elsewhere') as dsn:\n"
+            "    print(dsn, 'pgserver' in sys.modules, 'telemetry' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["dbname=elsewhere", "False", "False"]
+
 # -- the OpenTelemetry pins of the demo/bench/test extras: one release train -----------------
 
 CORE = {"opentelemetry-api", "opentelemetry-sdk"}  # 1.N.p; every other opentelemetry-* is 0.Mbp
