@@ -1,15 +1,17 @@
 """Test session setup: a real PostgreSQL server for every test that touches a connection, and
 the fixtures the tests share (the helpers they import are in ``tests.support``).
 
-By default a throwaway server is started with ``pgserver`` (an embedded PostgreSQL, ~1 s) in
-a temporary directory and removed at the end. Set ``PSYCOPG2_POOL_TEST_DSN`` to a libpq
-connection string to run the suite against another server instead (the user needs
-CREATEROLE to let the tests create a role with a connection limit).
+By default a throwaway server is started with ``pgserver`` (an embedded PostgreSQL, ~1 s;
+``psycopg2_pool.testing.embedded_server``) in a temporary directory and removed at the end.
+Set ``PSYCOPG2_POOL_TEST_DSN`` to a libpq connection string to run the suite against another
+server instead (the user needs CREATEROLE to let the tests create a role with a connection
+limit).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,7 +50,24 @@ def make_pool(dsn: str) -> Iterator[MakePool]:
 
     yield make
     for pool in made:
+        # On a thread, bounded: a pool that a failing test left deadlocked fails this test's
+        # teardown instead of hanging the whole suite.
+        errors: list[BaseException] = []
+        closer = threading.Thread(target=close_into, args=(pool, errors), daemon=True)
+        closer.start()
+        closer.join(10)
+        if closer.is_alive():
+            pytest.fail(f"{pool!r}.close() did not return within 10 s (deadlock)",
+                        pytrace=False)
+        if errors:
+            raise errors[0]
+
+
+def close_into(pool: ConnectionPool, errors: list[BaseException]) -> None:
+    try:
         pool.close()
+    except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+        errors.append(exc)
 
 
 @pytest.fixture(scope="module")

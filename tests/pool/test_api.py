@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -25,6 +27,8 @@ from psycopg2_pool import (
 )
 from psycopg2_pool.events import DiscardReason
 from tests.support.pools import MakePool, backend_count, count_rows, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def select_one(conn: Any) -> int:
@@ -45,40 +49,23 @@ def test_seed_imports() -> None:
     assert PoolError is psycopg2_pool.PoolError
     assert issubclass(PoolError, psycopg2.pool.PoolError)
     assert issubclass(PoolError, psycopg2.Error)
+    assert set(psycopg2_pool.__all__) >= {"ConnectionPool", "ThreadedConnectionPool",
+                                          "ThreadSafeConnectionPool", "PoolError"}
 
 
 def test_seed_quickstart(dsn: str, admin: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """The seed's quickstart, inline, with ``dsn=`` in place of host/database/user/password."""
-    pool = None
-    try:
-        pool = ConnectionPool(minconn=1, maxconn=10, dsn=dsn)
-
-        with pool.getconn() as conn:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 + 1 AS result;")
-                result = cur.fetchone()[0]
-                print(f"Query result (with statement): {result}")
-            conn.commit()
-        assert result == 2
-
-        conn = pool.getconn()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("CREATE TABLE IF NOT EXISTS test_table "
-                            "(id SERIAL PRIMARY KEY, name VARCHAR(50));")
-            conn.commit()
-            print("Table 'test_table' ensured (explicit putconn).")
-        finally:
-            pool.putconn(conn)
-        print(f"Pool statistics: {pool.get_stats()}")
-    finally:
-        if pool:
-            pool.close()
-            print("Connection pool closed.")
+    """The seed's quickstart as written: docs/examples/quickstart.py's ``quickstart()``, with
+    ``dsn=`` in place of host/database/user/password, against the test server."""
+    spec = importlib.util.spec_from_file_location(
+        "quickstart_example", ROOT / "docs" / "examples" / "quickstart.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.quickstart({"dsn": dsn})
     out = capsys.readouterr().out
     assert "Query result (with statement): 2" in out
-    assert "Table 'test_table' ensured" in out
-    assert pool.closed
+    assert "Table 'test_table' ensured (explicit putconn)." in out
+    assert out.rstrip().endswith("Connection pool closed.")
     with admin.cursor() as cur:
         cur.execute("SELECT to_regclass('test_table') IS NOT NULL")
         assert cur.fetchone()[0] is True
@@ -454,6 +441,10 @@ def test_get_stats_after_a_known_workload(make_pool: MakePool) -> None:
     assert 90 <= stats["requests_wait_ms"] < 5000
     assert stats["connections_ms"] > 0
     assert {f"discarded_{r}" for r in DiscardReason.ALL} <= set(stats)
+    documented = (ROOT / "docs" / "api.md").read_text()
+    for key in stats:
+        if not key.startswith("discarded_"):  # documented as discarded_<reason>
+            assert f"`{key}`" in documented, f"stats key {key} is not documented"
 
 
 def test_get_stats_of_a_fresh_pool(make_pool: MakePool) -> None:
@@ -508,6 +499,33 @@ def test_idle_timeout_none_never_expires(make_pool: MakePool) -> None:
     pool.putconn(conn)  # would prune "other" if idle connections expired
     assert list(pool.idle_connections) == [other, conn]
     assert pool.get_stats()["discarded_idle_timeout"] == 0
+
+
+def test_max_lifetime_discards_are_counted_and_minconn_restored(make_pool: MakePool) -> None:
+    pool = make_pool(1, 2, max_lifetime=0.2)
+    first = pool.getconn()
+    pool.putconn(first)
+    time.sleep(0.25)
+    second = pool.getconn()  # the idle one expired: replaced
+    time.sleep(0.25)
+    pool.putconn(second)  # expired while out: closed on return
+    stats = pool.get_stats()
+    assert stats["discarded_max_lifetime"] == 2
+    assert stats["pool_size"] == 1  # back to minconn (the refill counts while it opens)
+
+
+def test_lifo_reuse_and_idle_timeout_zero(make_pool: MakePool) -> None:
+    pool = make_pool(0, 3, idle_timeout=None)
+    a, b = pool.getconn(), pool.getconn()
+    pool.putconn(a)
+    pool.putconn(b)
+    assert pool.getconn() is b  # last in, first out
+    pool = make_pool(1, 3, idle_timeout=0)
+    a, b = pool.getconn(), pool.getconn()
+    pool.putconn(a)
+    pool.putconn(b)  # beyond minconn: closed at once
+    assert b.closed and not a.closed
+    assert pool.get_stats()["discarded_idle_timeout"] == 1
 
 
 def test_young_connection_is_reused_under_max_lifetime(make_pool: MakePool) -> None:
@@ -674,5 +692,13 @@ def test_default_name_without_dbname_or_user_is_libpq_s_default(
     pool = ConnectionPool(0, 1, host="db.example")
     try:
         assert pool.name == f"db.example:5432/{pwd.getpwuid(os.geteuid()).pw_name}"
+    finally:
+        pool.close()
+
+
+def test_default_name_is_host_port_and_database() -> None:
+    pool = ConnectionPool(0, 1, dbname="app", host="db.example", port=6543)
+    try:
+        assert pool.name == "db.example:6543/app"
     finally:
         pool.close()

@@ -6,13 +6,13 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import pytest
 
-from psycopg2_pool import ConnectionPool, PoolExhausted
+from psycopg2_pool import PoolExhausted
 from psycopg2_pool.events import (
     CheckinEvent,
     CheckoutEvent,
@@ -26,24 +26,6 @@ from psycopg2_pool.events import (
 from tests.support.pools import MakePool, wait_until
 
 NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
-
-
-@pytest.fixture
-def make_pool(dsn: str) -> Iterator[MakePool]:
-    made: list[ConnectionPool] = []
-
-    def make(*args: Any, **kwargs: Any) -> ConnectionPool:
-        kwargs.setdefault("dsn", dsn)
-        pool = ConnectionPool(*args, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        # bounded: a pool left deadlocked by a failing test must not hang the whole suite
-        closer = threading.Thread(target=pool.close, daemon=True)
-        closer.start()
-        closer.join(3)
 
 
 def within(seconds: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -137,6 +119,28 @@ def test_connect_checkout_checkin(make_pool: MakePool) -> None:
     assert second.use_time < first.use_time
 
 
+def test_events_of_a_known_sequence(make_pool: MakePool) -> None:
+    """One connection opened, checked out, waited for in vain, returned, checked out again,
+    returned with close=True, then the pool closed: every event in that order, each naming the
+    pool and the one connection."""
+    pool = make_pool(0, 1, timeout=0.1)
+    rec = Recorder()
+    pool.add_listener(rec)
+    conn = pool.getconn(timeout=0)  # opened here: with a timeout it would wait for the open
+    with pytest.raises(PoolExhausted) as raised:
+        pool.getconn()
+    pool.putconn(conn)
+    pool.putconn(pool.getconn(), close=True)
+    pool.close()
+    assert rec.kinds() == ["ConnectEvent", "CheckoutEvent", "TimeoutEvent", "CheckinEvent",
+                           "CheckoutEvent", "CheckinEvent", "DiscardEvent", "CloseEvent"]
+    connect, out1, timeout, in1, out2, in2, discard, close = rec.events
+    assert all(e.connection is conn for e in (connect, out1, in1, out2, in2, discard))
+    assert timeout.error is raised.value and timeout.timeout == 0.1
+    assert in2.kept is False and discard.reason == DiscardReason.CLOSED_BY_USER
+    assert close.in_use == 0 and all(e.pool is pool for e in rec.events)
+
+
 def test_connect_failure_event(make_pool: MakePool) -> None:
     pool = make_pool(0, 2, dsn="", **NOWHERE)
     rec = Recorder()
@@ -173,6 +177,9 @@ def test_checkout_after_waiting(make_pool: MakePool) -> None:
     assert second.waited is True
     assert second.connection is conn
     assert 0.19 <= second.wait_time <= waited + 0.01
+    # the returner's checkin is announced before the waiter's checkout
+    assert [k for k in rec.kinds() if k != "ConnectEvent"] == ["CheckoutEvent", "CheckinEvent",
+                                                               "CheckoutEvent"]
     pool.putconn(got)
 
 
@@ -264,7 +271,7 @@ def test_discard_reasons(make_pool: MakePool) -> None:
     pool.putconn(a)
     pool.return_times[a] -= 60  # idle past idle_timeout: discarded when next checked out
     d = pool.getconn()  # not a: a new one is opened in its place
-    assert d is not a
+    assert d is not a and a.closed
     c.close()
     pool.putconn(c)
     pool.putconn(b)
@@ -429,6 +436,33 @@ def test_raising_listener_with_waiting_and_failures(make_pool: MakePool,
     with pytest.raises(psycopg2.OperationalError):
         within(5, failing.getconn)
     assert within(5, failing.get_stats)["listener_errors"] == 1
+
+
+def test_a_listener_raising_in_every_hook_and_fields_form(make_pool: MakePool) -> None:
+    """A listener whose every ``on_*`` attribute raises, the fields forms included: each call
+    is counted, and every pool call still does its job."""
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("on_"):
+                def fail(*event: Any) -> None:
+                    raise RuntimeError(f"broken {name}")
+                return fail
+            raise AttributeError(name)
+
+    pool = make_pool(0, 1)
+    pool.add_listener(Broken())
+    conn = pool.getconn()
+    with pytest.raises(PoolExhausted):
+        pool.getconn()
+    pool.putconn(conn, close=True)
+    pool.putconn(pool.getconn())
+    pool.close()
+    stats = pool.get_stats()
+    # connect x2, checkout x2 (and their fields form x2), timeout, checkin x2 (and x2),
+    # discard x2 (closed_by_user, pool_closed), close: every one of them raised, and every
+    # call above still did its job.
+    assert stats["listener_errors"] == 14
+    assert stats["returns"] == 2
 
 
 def test_listener_may_use_the_pool_after_a_wait(make_pool: MakePool) -> None:

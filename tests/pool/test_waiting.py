@@ -49,9 +49,9 @@ def test_exhaustion_error_types_and_message(make_pool: MakePool) -> None:
     assert message.startswith("no more connections in the pool")
     assert "maxconn=2" in message
     assert "2 in use" in message
-    assert "did not wait" in message and "timeout=0" in message
+    assert "did not wait (timeout=0)" in message
     assert "raise maxconn" in message and "timeout=" in message  # what to do
-    assert "putconn" in message or "pool.connection()" in message
+    assert "putconn" in message
     assert error.maxconn == 2
     assert error.in_use == 2
     assert error.waited == 0

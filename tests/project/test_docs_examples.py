@@ -150,4 +150,5 @@ def test_quickstart_example_starts_its_own_server(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Started an embedded PostgreSQL in" in result.stdout
     assert "Query result (with statement): 2" in result.stdout
+    assert "Table 'test_table' ensured (explicit putconn)." in result.stdout
     assert "Connection pool closed." in result.stdout
