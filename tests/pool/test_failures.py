@@ -12,9 +12,7 @@ import psycopg2
 import pytest
 
 from psycopg2_pool import ConnectionPool, PoolError, PoolExhausted, ServerUnavailable
-from tests.support.pools import MakePool, backend_count, wait_until
-
-NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
+from tests.support.pools import NOWHERE, MakePool, backend_count, wait_until
 
 
 @pytest.fixture

@@ -54,6 +54,14 @@ def run_in_child(body: Any) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def check_one_out(pool: ConnectionPool) -> tuple[Any, list[Any], dict[int, int]]:
+    """Before a fork: one connection checked out, every connection of the pool (that one and
+    the idle ones), and their server-side pids by ``id()``."""
+    out = pool.getconn()
+    originals = [out, *pool.idle_connections]
+    return out, originals, {id(c): server_pid(c) for c in originals}
+
+
 def assert_parent_sessions_intact(conns: list[Any], pids: dict[int, int]) -> None:
     for conn in conns:
         assert not conn.closed
@@ -118,9 +126,7 @@ def test_child_opens_new_connections_and_cannot_return_the_parents(
 
 
 def test_child_that_only_exits(pool: ConnectionPool) -> None:
-    out = pool.getconn()
-    originals = [out, *pool.idle_connections]
-    pids = {id(c): server_pid(c) for c in originals}
+    out, originals, pids = check_one_out(pool)
     assert run_in_child(lambda: 0) == 0
     assert_parent_sessions_intact(originals, pids)
     pool.putconn(out)
@@ -244,9 +250,7 @@ def _process_main(queue: Any) -> None:
 def test_multiprocessing_fork_process(pool: ConnectionPool) -> None:
     global _shared
     _shared = pool
-    out = pool.getconn()
-    originals = [out, *pool.idle_connections]
-    pids = {id(c): server_pid(c) for c in originals}
+    out, originals, pids = check_one_out(pool)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     processes = [ctx.Process(target=_process_main, args=(queue,)) for _ in range(2)]
@@ -269,9 +273,7 @@ def test_multiprocessing_fork_process(pool: ConnectionPool) -> None:
 def test_multiprocessing_fork_pool_map(pool: ConnectionPool) -> None:
     global _shared
     _shared = pool
-    out = pool.getconn()
-    originals = [out, *pool.idle_connections]
-    pids = {id(c): server_pid(c) for c in originals}
+    out, originals, pids = check_one_out(pool)
     ctx = multiprocessing.get_context("fork")
     try:
         with ctx.Pool(2) as workers:

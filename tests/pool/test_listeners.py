@@ -23,9 +23,7 @@ from psycopg2_pool.events import (
     PoolListener,
     TimeoutEvent,
 )
-from tests.support.pools import MakePool, wait_until
-
-NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
+from tests.support.pools import NOWHERE, MakePool, getconn_while_returned, wait_until
 
 
 def within(seconds: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -159,18 +157,7 @@ def test_checkout_after_waiting(make_pool: MakePool) -> None:
     rec = Recorder()
     pool.add_listener(rec)
     conn = pool.getconn()
-
-    def give_back() -> None:
-        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-        time.sleep(0.2)
-        pool.putconn(conn)
-
-    thread = threading.Thread(target=give_back, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    got = pool.getconn()
-    waited = time.monotonic() - started
-    thread.join(5)
+    got, waited = getconn_while_returned(pool, conn, 0.2)
     assert got is conn
     first, second = rec.of(CheckoutEvent)
     assert first.waited is False and first.wait_time == 0.0

@@ -40,7 +40,7 @@ from psycopg2_pool import (
 from psycopg2_pool.scheduler import SCHEDULER
 from tests.support.errors import exception_texts
 from tests.support.faults import OwnServer, Proxy
-from tests.support.pools import backend_count, settled_backend_count, wait_until
+from tests.support.pools import backend_count, run_threads, settled_backend_count, wait_until
 
 Figure = Callable[[str], None]
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,12 +105,7 @@ def loop(pool: ConnectionPool, threads: int, stop: threading.Event, timeout: flo
                 pool.putconn(conn)
             time.sleep(0.001)
 
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in workers:
-        thread.start()
-    stop.wait()
-    for thread in workers:
-        thread.join(15)
+    workers = run_threads(worker, threads, 15, until=stop)
     assert not any(t.is_alive() for t in workers), "a worker hung"
     return seen
 
@@ -180,11 +175,7 @@ def test_outage_longer_than_timeout_fails_on_time_with_server_unavailable(
 
     try:
         began = monotonic()
-        threads = [threading.Thread(target=caller) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(15)
+        run_threads(caller, 8, 15)
         elapsed = monotonic() - began
         stats = pool.get_stats()
 

@@ -21,7 +21,7 @@ import pytest
 from psycopg2_pool import ConnectionPool, PoolExhausted, ServerUnavailable
 from tests.support.faults import OwnServer, Proxy
 from tests.support.otel import Otel, point
-from tests.support.pools import settled_backend_count
+from tests.support.pools import run_threads, settled_backend_count
 
 Figure = Callable[[str], None]
 
@@ -50,12 +50,7 @@ def load(pool: ConnectionPool, threads: int, stop: threading.Event) -> list[Atte
             attempts.append(Attempt(started, monotonic(), error))
             time.sleep(0.001)
 
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in workers:
-        thread.start()
-    stop.wait()
-    for thread in workers:
-        thread.join(10)
+    run_threads(worker, threads, 10, until=stop)
     return attempts
 
 
@@ -202,11 +197,7 @@ def test_waiters_honour_their_timeout_while_the_server_is_down(server: OwnServer
                 pool.getconn(timeout=0.3)
             waited.append(monotonic() - started)
 
-        threads = [threading.Thread(target=waiter) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(5)
+        run_threads(waiter, 4, 5)
         assert len(waited) == 4 and all(0.29 <= w < 0.8 for w in waited), waited
         pool.putconn(held)
         assert pool.get_stats()["pool_in_use"] == 0

@@ -12,7 +12,7 @@ import pytest
 
 import psycopg2_pool
 from psycopg2_pool import ConnectionPool, PoolClosed, PoolExhausted
-from tests.support.pools import MakePool, wait_until
+from tests.support.pools import MakePool, getconn_while_returned, wait_until
 
 
 class Getter(threading.Thread):
@@ -33,6 +33,16 @@ class Getter(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - kept for the test to inspect
             self.error = exc
         self.elapsed = time.monotonic() - started
+
+
+def one_out_one_waiting(pool: ConnectionPool) -> tuple[Any, Getter]:
+    """Check out the pool's one connection, then start a Getter and return once the pool
+    counts it as waiting: (the connection, the waiting Getter)."""
+    conn = pool.getconn()
+    waiter = Getter(pool)
+    waiter.start()
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    return conn, waiter
 
 
 def test_exhaustion_error_types_and_message(make_pool: MakePool) -> None:
@@ -116,18 +126,7 @@ def test_waits_up_to_the_timeout_then_raises(make_pool: MakePool, where: str) ->
 def test_putconn_from_another_thread_hands_over_that_connection(make_pool: MakePool) -> None:
     pool = make_pool(0, 1, timeout=5)
     conn = pool.getconn(timeout=0)  # opened here, not waited for
-
-    def give_back() -> None:
-        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-        time.sleep(0.05)
-        pool.putconn(conn)
-
-    giver = threading.Thread(target=give_back, daemon=True)
-    giver.start()
-    started = time.monotonic()
-    got = pool.getconn()
-    elapsed = time.monotonic() - started
-    giver.join(5)
+    got, elapsed = getconn_while_returned(pool, conn, 0.05)
     assert got is conn
     assert 0.04 <= elapsed < 4
     stats = pool.get_stats()
@@ -141,10 +140,7 @@ def test_putconn_from_another_thread_hands_over_that_connection(make_pool: MakeP
 
 def test_waiter_thread_gets_the_returned_connection(make_pool: MakePool) -> None:
     pool = make_pool(0, 1, timeout=5)
-    conn = pool.getconn()
-    waiter = Getter(pool)
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    conn, waiter = one_out_one_waiting(pool)
     pool.putconn(conn)
     waiter.join(5)
     assert waiter.error is None
@@ -154,10 +150,7 @@ def test_waiter_thread_gets_the_returned_connection(make_pool: MakePool) -> None
 
 def test_discarded_connection_gives_its_slot_to_a_waiter(make_pool: MakePool) -> None:
     pool = make_pool(0, 1, timeout=5)
-    conn = pool.getconn()
-    waiter = Getter(pool)
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    conn, waiter = one_out_one_waiting(pool)
     pool.putconn(conn, close=True)
     waiter.join(5)
     assert waiter.error is None
@@ -171,10 +164,7 @@ def test_discarded_connection_gives_its_slot_to_a_waiter(make_pool: MakePool) ->
 
 def test_close_wakes_waiters_with_pool_closed(make_pool: MakePool) -> None:
     pool = make_pool(0, 1, timeout=10)
-    conn = pool.getconn()
-    waiter = Getter(pool)
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    conn, waiter = one_out_one_waiting(pool)
     pool.close()
     waiter.join(5)
     assert not waiter.is_alive()
@@ -236,10 +226,7 @@ def test_waiters_are_served_first_come_first_served(make_pool: MakePool, maxconn
 def test_new_request_does_not_barge_ahead_of_a_waiter(make_pool: MakePool) -> None:
     """A connection returned while someone waits goes to the waiter, not to a later caller."""
     pool = make_pool(0, 1, timeout=5)
-    conn = pool.getconn()
-    waiter = Getter(pool)
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    conn, waiter = one_out_one_waiting(pool)
     pool.putconn(conn)
     with pytest.raises(PoolExhausted):
         pool.getconn(timeout=0)  # the connection is already the waiter's
@@ -289,10 +276,7 @@ def test_waiter_gets_a_rolled_back_connection(make_pool: MakePool) -> None:
 def test_waiter_gets_a_new_connection_when_the_returned_one_is_discarded(
         make_pool: MakePool, why: str) -> None:
     pool = make_pool(0, 1, timeout=5, max_lifetime=0.2 if why == "max_lifetime" else None)
-    conn = pool.getconn()
-    waiter = Getter(pool)
-    waiter.start()
-    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    conn, waiter = one_out_one_waiting(pool)
     if why == "closed":
         conn.close()
     else:

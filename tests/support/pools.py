@@ -15,6 +15,9 @@ from psycopg2_pool import ConnectionPool, TooManyRequests
 #: What the ``make_pool`` fixture (conftest.py) is: ``ConnectionPool``'s arguments, a pool.
 MakePool = Callable[..., ConnectionPool]
 
+#: Connection arguments of an address that refuses every connection at once.
+NOWHERE = {"host": "127.0.0.1", "port": 1, "connect_timeout": 2}
+
 
 def count_rows(admin: Any, table: str) -> int:
     with admin.cursor() as cur:
@@ -67,3 +70,35 @@ def refuse(pool: ConnectionPool, times: int,
             pool.getconn(timeout=5)
     pool.putconn(held)
     waiter.join(5)
+
+
+def getconn_while_returned(pool: ConnectionPool, conn: Any,
+                           delay: float) -> tuple[Any, float]:
+    """``pool.getconn()`` on this thread while another returns ``conn`` ``delay`` seconds after
+    the pool counts this caller waiting: (what getconn gave, the seconds it took)."""
+    def give_back() -> None:
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        time.sleep(delay)
+        pool.putconn(conn)
+
+    giver = threading.Thread(target=give_back, daemon=True)
+    giver.start()
+    started = time.monotonic()
+    got = pool.getconn()
+    took = time.monotonic() - started
+    giver.join(5)
+    return got, took
+
+
+def run_threads(target: Callable[[], Any], count: int, join_timeout: float,
+                until: threading.Event | None = None) -> list[threading.Thread]:
+    """``target`` on ``count`` threads at once; once ``until`` is set (when given), each is
+    joined, ``join_timeout`` seconds at most: the threads (``is_alive()`` tells a hung one)."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    if until is not None:
+        until.wait()
+    for thread in threads:
+        thread.join(join_timeout)
+    return threads
