@@ -1,4 +1,4 @@
-"""Helpers for tests of pools: what the server side sees, polling, filling a pool."""
+"""Helpers for tests of pools: what the server side sees, polling, filling a pool, threads."""
 
 from __future__ import annotations
 
