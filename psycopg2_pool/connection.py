@@ -9,7 +9,11 @@ record and pool in slots, refuses ``cursor()`` once returned, and whose ``with``
 back (psycopg2's own ``with conn:`` ends the transaction but keeps it checked out).
 
 A record answers "is this connection checked out right now?" itself: it holds the pool's
-dict of checked-out records, so no module asks the pool through a private method.
+dict of checked-out records, so no module asks the pool through a private method. The
+connection's slots ``_pool``, ``_pool_rec`` and ``_pool_with`` are this module's; a record
+fills the first two. They are underscored because they sit on the caller's connection, beside
+psycopg2's own attributes; the pool reads ``conn._pool_rec`` on every checkout and return (an
+attribute read: the fast paths cannot afford a call).
 """
 
 from __future__ import annotations
@@ -52,8 +56,11 @@ class Record:
         "since",
     )
 
-    def __init__(self, conn: Any, created: float, expires: float, out: dict[int, Record],
+    def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
+                 out: dict[int, Record],
                  on_collected: Callable[[], Callable[[Record], None] | None]) -> None:
+        conn._pool = pool  # the slots of the pooled class (see pooled_class)
+        conn._pool_rec = self
         self.out = out
         self.on_collected = on_collected
         self.ref = weakref.ref(conn, self._collected)

@@ -1,4 +1,4 @@
-"""The connection pool: checkout, return, waiting and hand-over.
+"""The connection pool's core: checkout, return, waiting and hand-over.
 
 One implementation, thread-safe: a single lock guards the bookkeeping and is never held
 across I/O (connecting, rolling back, closing, health checks). Callers that find the pool
@@ -13,6 +13,14 @@ until their own timeout passes.
 The pool holds idle connections strongly and checked-out ones only weakly: a connection the
 application drops without ``putconn`` is garbage-collected, closed by psycopg2, reported as a
 ``garbage_collected`` discard, and its slot is given back.
+
+The other parts, each in its module (none imports this one at run time):
+:mod:`~psycopg2_pool.connection` the record of a connection and what the caller holds,
+:mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
+opening, reconnecting, pruning, retiring and closing (a base class of the pool),
+:mod:`~psycopg2_pool.listeners` the listener registration and dispatch (its base),
+:mod:`~psycopg2_pool.stats` the keys of ``get_stats()``. The fast paths of ``getconn`` and
+``putconn`` stay here, inlined: no call on a checkout or a return that needs none.
 """
 
 from __future__ import annotations
@@ -474,7 +482,8 @@ class ConnectionPool(Upkeep):
             f"size={self._size} idle={len(self.idle_connections)} max={self.maxconn}")
         return f"<{type(self).__name__} {self.name!r} {state}>"
 
-    # -- checkout internals ------------------------------------------------------------------
+    # -- checkout --------------------------------------------------------------------------
+    # A checkout that found no idle connection at hand, or one that failed its checks.
 
     def _getconn_slow(self, key: Hashable | None, timeout: float | None, *,
                       counted: bool) -> Connection:
@@ -575,6 +584,41 @@ class ConnectionPool(Upkeep):
                 return DiscardReason.FAILED_CHECK
         return None
 
+    def _discard(self, conn: Connection, rec: Record, reason: str) -> None:
+        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
+        background: the caller goes on to take another, open one or wait (which refills)."""
+        with self._lock:
+            self._out.pop(rec.conn_id, None)
+            self._size -= 1
+        self._close_connection(conn, rec, reason, monotonic())
+
+    def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
+        """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            conn = self._keys.get(key)
+        if conn is not None:
+            return conn
+        conn = self.getconn(timeout=timeout)
+        with self._lock:
+            existing = self._keys.get(key)
+            if existing is None:
+                self._keys[key] = conn
+                conn._pool_rec.key = key
+        if existing is not None:  # another thread got one for this key meanwhile: use theirs
+            self.putconn(conn)
+            return existing
+        return conn
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
+                          f"used after close() — create a new pool")
+
+    # -- waiting and hand-over -------------------------------------------------------------
+    # A caller that may wait queues as a _Waiter; putconn and the background opens hand
+    # connections to the first in the queue, so nobody barges ahead of a waiter.
+
     def _wait(self, started: float, timeout: float) -> Connection:
         """Queue for a connection; called and returns with the lock held.
 
@@ -625,6 +669,34 @@ class ConnectionPool(Upkeep):
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
+        """Give a checked-in (or new) connection to the first waiter (lock held)."""
+        waiter = self._waiters.popleft()
+        rec.since = now
+        self._out[rec.conn_id] = rec
+        waiter.conn = conn
+        waiter.lock.release()
+
+    def _hand_over_idle(self) -> None:
+        """Serve waiters from the idle connections, or close them if the pool closed."""
+        with self._lock:
+            conns = self._take_idle() if self._closed else []
+            while self._waiters and self.idle_connections:
+                conn = self.idle_connections.pop()
+                self.return_times.pop(conn, None)
+                self._hand_over(conn, conn._pool_rec, monotonic())
+        now = monotonic()
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
+
+    def _place(self, conn: Connection, rec: Record, now: float) -> None:
+        """A new connection for the pool: to the first waiter, else idle (lock held)."""
+        if self._waiters:
+            self._hand_over(conn, rec, now)
+        else:
+            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
+            self.idle_connections.append(conn)
 
     def _timed_out(self, started: float, timeout: float) -> psycopg2.OperationalError:
         """The error of a waiter whose timeout passed (lock held): the server could not be
@@ -692,26 +764,7 @@ class ConnectionPool(Upkeep):
             finally:
                 self._lock.acquire()
 
-    def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
-        """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            conn = self._keys.get(key)
-        if conn is not None:
-            return conn
-        conn = self.getconn(timeout=timeout)
-        with self._lock:
-            existing = self._keys.get(key)
-            if existing is None:
-                self._keys[key] = conn
-                conn._pool_rec.key = key
-        if existing is not None:  # another thread got one for this key meanwhile: use theirs
-            self.putconn(conn)
-            return existing
-        return conn
-
-    # -- return internals --------------------------------------------------------------------
+    # -- return ----------------------------------------------------------------------------
 
     def _claim_return(self, conn: Connection, rec: Record | None,
                       key: Hashable | None) -> Record:
@@ -797,31 +850,6 @@ class ConnectionPool(Upkeep):
                            self.name, problem)
         return DiscardReason.FAILED_RESET
 
-    def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
-        """Give a checked-in (or new) connection to the first waiter (lock held)."""
-        waiter = self._waiters.popleft()
-        rec.since = now
-        self._out[rec.conn_id] = rec
-        waiter.conn = conn
-        waiter.lock.release()
-
-    def _hand_over_idle(self) -> None:
-        """Serve waiters from the idle connections, or close them if the pool closed."""
-        with self._lock:
-            conns = self._take_idle() if self._closed else []
-            while self._waiters and self.idle_connections:
-                conn = self.idle_connections.pop()
-                self.return_times.pop(conn, None)
-                self._hand_over(conn, conn._pool_rec, monotonic())
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
-
-    def _update_slow_return(self) -> None:
-        """Whether every ``putconn`` must take the slow path (lock held)."""
-        self._slow_return = (self._closed or self._reset_hook is not None
-                             or self._size > self.maxconn)
-
     def _reset(self, conn: Connection, status: int) -> str | None:
         """Roll back a connection returned inside a transaction; the discard reason if it fails."""
         if status == _UNKNOWN:
@@ -851,6 +879,11 @@ class ConnectionPool(Upkeep):
                                "was shut down and will be discarded", self.name,
                                getattr(call, "__name__", "round trip"), seconds)
 
+    def _update_slow_return(self) -> None:
+        """Whether every ``putconn`` must take the slow path (lock held)."""
+        self._slow_return = (self._closed or self._reset_hook is not None
+                             or self._size > self.maxconn)
+
     def _take_idle(self) -> list[Connection]:
         """Take every idle connection out of the pool (lock held)."""
         conns = []
@@ -864,38 +897,7 @@ class ConnectionPool(Upkeep):
         self._size -= len(conns)
         return conns
 
-    # -- opening -----------------------------------------------------------------------------
-    # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
-    # slots are _opening; each is queued as an OpenConnection task, connecting, or parked
-    # while connects fail (one reconnect attempt at a time is scheduled for all of them).
-
-    def _place(self, conn: Connection, rec: Record, now: float) -> None:
-        """A new connection for the pool: to the first waiter, else idle (lock held)."""
-        if self._waiters:
-            self._hand_over(conn, rec, now)
-        else:
-            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
-            self.idle_connections.append(conn)
-
-    def _discard(self, conn: Connection, rec: Record, reason: str) -> None:
-        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
-        background: the caller goes on to take another, open one or wait (which refills)."""
-        with self._lock:
-            self._out.pop(rec.conn_id, None)
-            self._size -= 1
-        self._close_connection(conn, rec, reason, monotonic())
-
-    # -- background upkeep (run by the tasks of psycopg2_pool.upkeep) -----------------------
-
-    # -- closing ----------------------------------------------------------------------------
-
-    def _closed_error(self) -> PoolClosed:
-        return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
-                          f"used after close() — create a new pool")
-
-    # -- listeners ---------------------------------------------------------------------------
-
-    # -- fork --------------------------------------------------------------------------------
+    # -- fork ------------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
         """Forget every inherited connection without touching the parent's sessions."""

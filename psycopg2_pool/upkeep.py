@@ -188,7 +188,7 @@ class Upkeep(Listeners):
         decision (hand-over), implemented by the pool."""
         raise NotImplementedError  # pragma: no cover
 
-    # -- opening -------------------------------------------------------------------------
+    # -- opening ---------------------------------------------------------------------------
     # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
     # slots are _opening; each is queued as an OpenConnection task, connecting, or parked
     # while connects fail (one reconnect attempt at a time is scheduled for all of them).
@@ -370,9 +370,7 @@ class Upkeep(Listeners):
         created = monotonic()
         expires = _INF if self.max_lifetime is None else (
             created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
-        rec = Record(conn, created, expires, self._out, self._collected_cb)
-        conn._pool = self
-        conn._pool_rec = rec
+        rec = Record(conn, self._as_pool(), created, expires, self._out, self._collected_cb)
         if self._configure is not None:
             try:
                 self._run_configure(conn, rec)
@@ -430,7 +428,7 @@ class Upkeep(Listeners):
             if self._on_unavailable:
                 self._emit(self._on_unavailable, UnavailableEvent(self._as_pool(), exc))
 
-    # -- periodic: PruneIdle, RetireExpired -----------------------------------------------
+    # -- periodic: PruneIdle, RetireExpired ------------------------------------------------
 
     def _start_upkeep(self) -> None:
         """(Re)start the periodic tasks; an older chain sees its generation is stale."""
@@ -506,7 +504,7 @@ class Upkeep(Listeners):
         upcoming = [r.expires for r in recs if r.expires > now]
         return min(upcoming, default=now + lifetime * 0.9) + 0.005
 
-    # -- closing -------------------------------------------------------------------------
+    # -- closing ---------------------------------------------------------------------------
 
     def _free_slot(self) -> None:
         """A connection left the pool; open another in the background if waiters or
