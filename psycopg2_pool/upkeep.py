@@ -18,8 +18,10 @@ close one for being idle or old. That work is done by these tasks, run by the pr
     and opens their replacements, before a caller would meet them.
 
 Besides these, one daemon thread (:mod:`psycopg2_pool._watchdog`) shuts down the socket of
-a health check or rollback that outlives ``io_timeout``. Tasks hold their pool weakly: a
-pool that is garbage-collected or closed stops its tasks.
+a health check or rollback that outlives ``io_timeout``, and a checked-out connection the
+application drops is given back by the garbage collector, on whichever thread collects it
+(:meth:`Upkeep._connection_collected`). Tasks hold their pool weakly: a pool that is
+garbage-collected or closed stops its tasks.
 
 What the tasks run is :class:`Upkeep`, a base class of
 :class:`~psycopg2_pool.pool.ConnectionPool`: keeping the pool at its size, i.e. reserving slots
