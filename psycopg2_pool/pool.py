@@ -169,7 +169,8 @@ class ConnectionPool(Upkeep):
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
         self._opened = threading.Condition(self._lock)  # notified when a connection opens
-        self._out: dict[int, Record] = {}  # checked-out connections, by id(); never replaced
+        # Checked-out connections' records, by id(); never replaced: each record holds it.
+        self._out: dict[int, Record] = {}
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
         self._collected: deque[Record] = deque()
@@ -183,7 +184,7 @@ class ConnectionPool(Upkeep):
         self._stats: dict[str, float] = dict.fromkeys(_keys.COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
         self._init_listeners()
-        _forking.track(self, ConnectionPool._after_fork_in_child)
+        _forking.track(self, type(self)._after_fork_in_child)
         SCHEDULER.register(self, self.num_workers)
 
         try:
