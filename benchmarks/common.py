@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the repository on the import path, and a PostgreSQL to
-run against (the demo's helper)."""
+run against (``psycopg2_pool.testing.embedded_server``, as the tests and the demo)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout, installed or not
     sys.path.insert(0, str(ROOT))
 
-from telemetry.demo import database as server  # noqa: E402
+from psycopg2_pool.testing import embedded_server as server  # noqa: E402
 
 __all__ = ["ROOT", "server"]

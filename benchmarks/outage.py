@@ -11,7 +11,7 @@
 
     python3 benchmarks/outage.py            # ~25 s; --runs N repeats the short outage
 
-The server is the tests' own embedded one (``tests/faults.py``: pgserver in a temporary
+The server is the tests' own embedded one (``tests/support/faults.py``: pgserver in a temporary
 directory), since it is stopped for real. Results go to docs/reliability.md ("Outages").
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import threading
 import time
 import timeit
@@ -31,10 +30,9 @@ from time import monotonic
 from typing import Any
 
 import psycopg2
-from common import ROOT
+from common import ROOT  # noqa: F401 - puts the checkout on the import path
 
-sys.path.insert(0, str(ROOT / "tests"))
-from faults import OwnServer  # type: ignore[import-not-found]
+from tests.support.faults import OwnServer
 
 THIS = "this pool"
 PSYCOPG_POOL = "psycopg_pool 3"

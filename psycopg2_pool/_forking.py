@@ -5,28 +5,40 @@ child (explicitly, or when the object is freed) makes libpq send a Terminate mes
 ends the *parent's* session. So, in the child, every inherited connection's socket
 descriptor is first pointed at ``/dev/null`` with ``dup2``; only then is the connection
 closed, which now talks to ``/dev/null`` while the parent's socket stays untouched.
+
+Each pool registers itself with the function that resets it in a child (:func:`track`): this
+module knows no more of a pool than that function.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
 
-_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+#: Each live pool, and what to call on it in a child (held weakly: a pool may be collected).
+_pools: weakref.WeakKeyDictionary[ConnectionPool, Callable[[ConnectionPool], None]] = (
+    weakref.WeakKeyDictionary())
 _inherited: weakref.WeakKeyDictionary[ConnectionPool, set[int]] = weakref.WeakKeyDictionary()
 
 
-def track(pool: ConnectionPool) -> None:
-    """Reset ``pool`` in every child forked from now on."""
-    _pools.add(pool)
+def track(pool: ConnectionPool, reset: Callable[[ConnectionPool], None]) -> None:
+    """Call ``reset(pool)`` in every child forked from now on (``reset`` must not hold the
+    pool: pass a function, not a bound method)."""
+    _pools[pool] = reset
 
 
 def untrack(pool: ConnectionPool) -> None:
-    _pools.discard(pool)
+    _pools.pop(pool, None)
+
+
+def pools() -> list[ConnectionPool]:
+    """The pools tracked now: every pool of this process that is not closed."""
+    return list(_pools)
 
 
 def inherited(pool: ConnectionPool, conn: Any) -> bool:
@@ -53,8 +65,8 @@ def _after_fork_in_child() -> None:
     from .scheduler import SCHEDULER  # first: the pools schedule their tasks anew
 
     SCHEDULER.reset()
-    for pool in list(_pools):
-        pool._after_fork_in_child()
+    for pool, reset in list(_pools.items()):
+        reset(pool)
 
 
 if hasattr(os, "register_at_fork"):

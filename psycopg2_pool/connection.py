@@ -1,23 +1,113 @@
-"""Connections that know their pool, so ``with pool.getconn() as conn:`` returns them.
+"""One pooled connection: the pool's record of it, and what the caller holds.
 
-psycopg2's own ``with conn:`` ends the transaction but keeps the connection checked out. The
-pool opens its connections through a subclass of the connection class (psycopg2's, or the
-``connection_factory`` the user passed) whose ``__exit__`` also hands the connection back,
-and whose ``__enter__`` refuses a connection that was already returned.
+As in HikariCP (``PoolEntry`` apart from ``ProxyConnection``), what the pool knows of a
+connection (:class:`Record`: when it was opened, checked out, returned, when it expires) is
+apart from the object the caller holds. That object is the connection itself, not a proxy (a
+proxy would cost every query an indirection): the pool opens it through a subclass of the
+connection class (psycopg2's, or the ``connection_factory`` the user passed) that carries its
+record and pool in slots, refuses ``cursor()`` once returned, and whose ``with`` block hands it
+back (psycopg2's own ``with conn:`` ends the transaction but keeps it checked out).
+
+A record answers "is this connection checked out right now?" itself: it holds the pool's
+dict of checked-out records, so no module asks the pool through a private method. The
+connection's slots ``_pool``, ``_pool_rec`` and ``_pool_with`` are this module's; a record
+fills the first two. They are underscored because they sit on the caller's connection, beside
+psycopg2's own attributes; the pool reads ``conn._pool_rec`` on every checkout and return (an
+attribute read: the fast paths cannot afford a call).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import weakref
+from collections.abc import Callable, Hashable
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._driver import extensions
 from .errors import PoolError
+from .events import DiscardReason
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
+
+
+class Record:
+    """What the pool knows of one open connection (reachable as ``conn._pool_rec``).
+
+    ``out`` is the pool's dict of checked-out records by ``id()`` of their connection: the
+    record is in it exactly while its connection is checked out. ``on_collected`` (a weak
+    method of the pool) is told when a checked-out connection is garbage-collected.
+    """
+
+    __slots__ = (
+        "backend_pid",
+        "conn_id",
+        "created",
+        "expires",
+        "hook",
+        "key",
+        "on_collected",
+        "out",
+        "ref",
+        "returned_at",
+        "since",
+    )
+
+    def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
+                 out: dict[int, Record],
+                 on_collected: Callable[[], Callable[[Record], None] | None]) -> None:
+        conn._pool = pool  # the slots of the pooled class (see pooled_class)
+        conn._pool_rec = self
+        self.out = out
+        self.on_collected = on_collected
+        self.ref = weakref.ref(conn, self._collected)
+        self.conn_id = id(conn)
+        self.backend_pid: int = conn.info.backend_pid
+        self.created = created
+        self.expires = expires
+        self.since = 0.0  # time of the last checkout
+        self.returned_at = 0.0  # time it last became idle (slow checkout path only)
+        self.key: Hashable | None = None
+        self.hook = False  # True while ``configure`` or ``reset`` runs on it
+
+    def is_out(self) -> bool:
+        """True while the connection is checked out (and not yet returned)."""
+        return self.out.get(self.conn_id) is self
+
+    #: Bound here, not looked up as a module global: during interpreter teardown the
+    #: module's globals may already be None when a connection held by a module is collected.
+    _finalizing = staticmethod(sys.is_finalizing)
+
+    def _collected(self, _ref: weakref.ref[Any]) -> None:
+        if self._finalizing():
+            # Interpreter teardown collects connections that modules still held: not leaks,
+            # and nothing can report them any more (imports are halted, so a listener that
+            # logs would fail and the failure would be printed as noise after the real
+            # traceback). The process ends; the server sees the sessions close.
+            return
+        callback = self.on_collected()  # None once the pool is gone
+        if callback is not None and self.out.pop(self.conn_id, None) is self:
+            callback(self)
+
+
+def closed_reason(conn: Any) -> str:
+    """Why an unusable connection goes: psycopg2 sets ``closed`` to 1 after ``close()``, to 2
+    when the session was lost (server gone, backend terminated)."""
+    return DiscardReason.CLOSED_BY_USER if conn.closed == 1 else DiscardReason.BROKEN
+
+
+def check_connection(conn: Any) -> None:
+    """The default health check: one ``SELECT 1`` round trip, leaving no transaction open."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    finally:
+        conn.autocommit = autocommit
 
 
 RETURNED_INSIDE_WITH = (
@@ -26,8 +116,7 @@ RETURNED_INSIDE_WITH = (
 
 
 def _enter(self: Any) -> Any:
-    pool: ConnectionPool = self._pool
-    if not pool._is_checked_out(self):
+    if not self._pool_rec.is_out():
         raise PoolError(
             "this connection was already returned to the pool: using it in a with block "
             "would share it with whoever checks it out next; take a new one with "
@@ -55,7 +144,8 @@ def leave(pool: ConnectionPool, conn: Any, checkout: float,
     the block (and perhaps checked out again by someone else) is left alone; leaving such a
     block normally raises, since its work was rolled back, not committed.
     """
-    if not pool._is_checked_out(conn) or conn._pool_rec.since != checkout:
+    rec: Record | None = None if conn is None else conn._pool_rec  # None: exited twice
+    if rec is None or not rec.is_out() or rec.since != checkout:
         if exc_type is None:
             raise PoolError(RETURNED_INSIDE_WITH)
         return
@@ -92,7 +182,7 @@ def _pooled_class(factory: type) -> type:
     def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         """psycopg2's ``cursor()``, refused once the connection was returned to the pool."""
         rec = self._pool_rec
-        if self._pool._out.get(rec.conn_id) is not rec and not rec.hook:
+        if rec.out.get(rec.conn_id) is not rec and not rec.hook:
             raise PoolError(RETURNED)
         return base_cursor(self, *args, **kwargs)
 
@@ -109,5 +199,29 @@ def _pooled_class(factory: type) -> type:
 
 PooledConnection = pooled_class(extensions.connection)
 
-__all__ = ["RETURNED", "RETURNED_INSIDE_WITH", "PooledConnection", "end_transaction", "leave",
+
+class ConnectionContext:
+    """The context manager of :meth:`ConnectionPool.connection`."""
+
+    __slots__ = ("checkout", "conn", "pool", "timeout")
+
+    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.conn: Any = None
+        self.checkout = 0.0
+
+    def __enter__(self) -> Any:
+        self.conn = conn = self.pool.getconn(timeout=self.timeout)
+        self.checkout = conn._pool_rec.since  # this checkout, not a later one by someone else
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn, self.conn = self.conn, None
+        leave(self.pool, conn, self.checkout, exc_type)
+
+
+__all__ = ["RETURNED", "RETURNED_INSIDE_WITH", "ConnectionContext", "PooledConnection",
+           "Record", "check_connection", "closed_reason", "end_transaction", "leave",
            "pooled_class"]

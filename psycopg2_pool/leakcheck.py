@@ -44,7 +44,7 @@ class LeakChecker(Protocol):
 
 def open_pools() -> list[ConnectionPool]:
     """Every pool of this process that is not closed."""
-    return list(_forking._pools)
+    return _forking.pools()
 
 
 def checkers(pool: ConnectionPool) -> list[LeakChecker]:

@@ -122,6 +122,19 @@ def hook(name: str, value: Any) -> Any:
     return value
 
 
+def pool_name(value: Any) -> str | None:
+    """The ``name`` argument: a non-empty str, or None for the default name."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError("name must be a non-empty str")
+    return value
+
+
+def synchronous(connect_kwargs: dict[str, Any]) -> None:
+    """Refuse ``async=True``: psycopg2's asynchronous connections cannot be pooled."""
+    if connect_kwargs.get("async") or connect_kwargs.get("async_"):
+        raise TypeError("asynchronous connections cannot be pooled; drop async=True")
+
+
 def connect_timeout_default(options: dict[str, str]) -> dict[str, int]:
     """``{"connect_timeout": DEFAULT_CONNECT_TIMEOUT}`` unless the user set one anywhere."""
     if "connect_timeout" in options or os.environ.get("PGCONNECT_TIMEOUT"):
@@ -140,4 +153,4 @@ def connect_timeout_text(options: dict[str, str], connect_args: dict[str, Any]) 
 
 __all__ = ["CONNECT_POSITIONAL", "DEFAULT_CONNECT_TIMEOUT", "IDLE_TIMEOUT",
            "connect_timeout_default", "connect_timeout_text", "count", "hook",
-           "optional_seconds", "positional", "seconds", "sizes"]
+           "optional_seconds", "pool_name", "positional", "seconds", "sizes", "synchronous"]

@@ -1,4 +1,4 @@
-"""The connection pool: checkout, return, waiting and hand-over.
+"""The connection pool's core: checkout, return, waiting and hand-over.
 
 One implementation, thread-safe: a single lock guards the bookkeeping and is never held
 across I/O (connecting, rolling back, closing, health checks). Callers that find the pool
@@ -13,18 +13,22 @@ until their own timeout passes.
 The pool holds idle connections strongly and checked-out ones only weakly: a connection the
 application drops without ``putconn`` is garbage-collected, closed by psycopg2, reported as a
 ``garbage_collected`` discard, and its slot is given back.
+
+The other parts, each in its module (none imports this one at run time):
+:mod:`~psycopg2_pool.connection` the record of a connection and what the caller holds,
+:mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
+opening, reconnecting, pruning, retiring and closing (a base class of the pool),
+:mod:`~psycopg2_pool.listeners` the listener registration and dispatch (its base),
+:mod:`~psycopg2_pool.stats` the keys of ``get_stats()``. The fast paths of ``getconn`` and
+``putconn`` stay here, inlined: no call on a checkout or a return that needs none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
-import random
-import sys
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from time import monotonic
@@ -33,9 +37,10 @@ from typing import Any
 
 from . import _forking
 from . import options as _options
+from . import stats as _keys
 from ._driver import extensions, psycopg2
 from ._watchdog import WATCHDOG
-from .connection import leave, pooled_class
+from .connection import ConnectionContext, Record, check_connection, closed_reason, pooled_class
 from .dsn import default_pool_name, parse_options
 from .errors import (
     PoolClosed,
@@ -43,20 +48,13 @@ from .errors import (
     PoolExhausted,
     ServerUnavailable,
     TooManyRequests,
-    one_line,
 )
 from .events import (
-    HOOKS,
     CheckinEvent,
     CheckoutEvent,
     CloseEvent,
-    ConnectEvent,
-    DiscardEvent,
     DiscardReason,
-    PoolListener,
-    RecoveredEvent,
     TimeoutEvent,
-    UnavailableEvent,
 )
 from .options import (
     IDLE_TIMEOUT,
@@ -67,9 +65,10 @@ from .options import (
     seconds,
     sizes,
 )
-from .reconnect import NOT_ANSWERING, Backoff
+from .reconnect import NOT_ANSWERING
 from .scheduler import SCHEDULER
-from .upkeep import OpenConnection, PruneIdle, RetireExpired
+from .stats import EXHAUSTED, REQUESTS_REFUSED, ROLLBACKS, TIMEOUTS, WAIT_TIME, WAITS
+from .upkeep import Upkeep
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -82,51 +81,6 @@ _UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
 _INF = math.inf
 
 Connection = Any  # a psycopg2 connection opened by the pool
-
-
-class _Record:
-    """What the pool knows of one open connection (reachable as ``conn._pool_rec``)."""
-
-    __slots__ = (
-        "backend_pid",
-        "conn_id",
-        "created",
-        "expires",
-        "hook",
-        "key",
-        "pool_ref",
-        "ref",
-        "returned_at",
-        "since",
-    )
-
-    def __init__(self, pool: ConnectionPool, conn: Connection, created: float,
-                 expires: float) -> None:
-        self.pool_ref = pool._self_ref
-        self.ref = weakref.ref(conn, self._collected)
-        self.conn_id = id(conn)
-        self.backend_pid: int = conn.info.backend_pid
-        self.created = created
-        self.expires = expires
-        self.since = 0.0  # time of the last checkout
-        self.returned_at = 0.0  # time it last became idle (slow checkout path only)
-        self.key: Hashable | None = None
-        self.hook = False  # True while ``configure`` or ``reset`` runs on it
-
-    #: Bound here, not looked up as a module global: during interpreter teardown the
-    #: module's globals may already be None when a connection held by a module is collected.
-    _finalizing = staticmethod(sys.is_finalizing)
-
-    def _collected(self, _ref: weakref.ref[Any]) -> None:
-        if self._finalizing():
-            # Interpreter teardown collects connections that modules still held: not leaks,
-            # and nothing can report them any more (imports are halted, so a listener that
-            # logs would fail and the failure would be printed as noise after the real
-            # traceback). The process ends; the server sees the sessions close.
-            return
-        pool = self.pool_ref()
-        if pool is not None and pool._out.pop(self.conn_id, None) is self:
-            pool._connection_collected(self)
 
 
 class _Waiter:
@@ -142,24 +96,7 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-def _closed_reason(conn: Connection) -> str:
-    """Why an unusable connection goes: psycopg2 sets ``closed`` to 1 after ``close()``, to 2
-    when the session was lost (server gone, backend terminated)."""
-    return DiscardReason.CLOSED_BY_USER if conn.closed == 1 else DiscardReason.BROKEN
-
-
-def check_connection(conn: Connection) -> None:
-    """The default health check: one ``SELECT 1`` round trip, leaving no transaction open."""
-    autocommit = conn.autocommit
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-    finally:
-        conn.autocommit = autocommit
-
-
-class ConnectionPool:
+class ConnectionPool(Upkeep):
     """A thread-safe pool of psycopg2 connections.
 
     ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
@@ -188,10 +125,8 @@ class ConnectionPool:
         _options.hook("check", check)
         _options.hook("configure", configure)
         _options.hook("reset", reset)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError("name must be a non-empty str")
-        if connect_kwargs.get("async") or connect_kwargs.get("async_"):
-            raise TypeError("asynchronous connections cannot be pooled; drop async=True")
+        _options.pool_name(name)
+        _options.synchronous(connect_kwargs)
         factory = connect_kwargs.get("connection_factory")
         if factory is None:
             factory = extensions.connection
@@ -200,7 +135,6 @@ class ConnectionPool:
 
         self.minconn = minconn
         self.maxconn = maxconn
-        self._generation = 0  # of the periodic upkeep tasks (see _start_upkeep)
         self._closed = False
         self.idle_timeout = idle_timeout
         self.timeout = timeout
@@ -228,7 +162,6 @@ class ConnectionPool:
         #: Connection -> monotonic time it became idle (psycopg2-pool 1.2's attribute).
         self.return_times: dict[Connection, float] = {}
 
-        self._self_ref = weakref.ref(self)
         self._connect_args = {k: v for k, v in connect_kwargs.items()
                               if k != "connection_factory"}
         self._connect_args.update(connect_timeout_default(options))
@@ -236,42 +169,22 @@ class ConnectionPool:
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
         self._opened = threading.Condition(self._lock)  # notified when a connection opens
-        self._out: dict[int, _Record] = {}  # checked-out connections, by id()
+        # Checked-out connections' records, by id(); never replaced: each record holds it.
+        self._out: dict[int, Record] = {}
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
-        self._collected: deque[_Record] = deque()
+        self._collected: deque[Record] = deque()
         self._size = 0  # open connections + slots reserved for opening one
-        self._opening = 0  # reserved slots: queued, connecting or parked
-        self._connecting = 0  # attempts in progress (any thread)
-        self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
-        self._attempt_ids = itertools.count()
-        self._parked = 0  # reserved slots waiting for the reconnect attempt of an outage
-        self._queued = 0  # reserved slots whose OpenConnection task has not started
-        self._deferred = 0  # reserved slots waiting for one of the pool's num_workers
-        self._bg_connecting = 0  # background attempts in progress (at most num_workers)
-        self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
-        self._retry_scheduled = False
-        self._backoff = Backoff()
+        self._init_upkeep()
         self._starting = True  # __init__ opens minconn itself and raises on failure
         self._slow_return = reset is not None  # putconn must take its slow path
         self._reset_failed_logged = False
         self._requests = itertools.count()  # next() is atomic: no lock on the fast path
         self._returns = itertools.count()
-        self._stats: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        self._stats: dict[str, float] = dict.fromkeys(_keys.COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
-        self._listeners: tuple[object, ...] = ()
-        self._on_connect: tuple[Callable[[Any], None], ...] = ()
-        self._on_checkout: tuple[Callable[[Any], None], ...] = ()
-        self._on_checkin: tuple[Callable[[Any], None], ...] = ()
-        self._on_checkout_fields: tuple[Callable[..., None], ...] = ()
-        self._on_checkin_fields: tuple[Callable[..., None], ...] = ()
-        self._checkout_hooked = self._checkin_hooked = False
-        self._on_timeout: tuple[Callable[[Any], None], ...] = ()
-        self._on_discard: tuple[Callable[[Any], None], ...] = ()
-        self._on_unavailable: tuple[Callable[[Any], None], ...] = ()
-        self._on_recovered: tuple[Callable[[Any], None], ...] = ()
-        self._on_close: tuple[Callable[[Any], None], ...] = ()
-        _forking.track(self)
+        self._init_listeners()
+        _forking.track(self, type(self)._after_fork_in_child)
         SCHEDULER.register(self, self.num_workers)
 
         try:
@@ -413,9 +326,9 @@ class ConnectionPool:
         if self._waiters or self._closed:  # a waiter or close() came in meanwhile
             self._hand_over_idle()
 
-    def connection(self, timeout: float | None = None) -> _ConnectionContext:
+    def connection(self, timeout: float | None = None) -> ConnectionContext:
         """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
-        return _ConnectionContext(self, timeout)
+        return ConnectionContext(self, timeout)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``minconn`` connections are open: a readiness check for start-up.
@@ -537,48 +450,26 @@ class ConnectionPool:
                 self._drain_collected()
             available = len(self.idle_connections)
             stats: dict[str, Any] = {
-                "name": self.name,
-                "pool_min": self.minconn,
-                "pool_max": self.maxconn,
-                "pool_size": self._size,
-                "pool_available": available,
-                "pool_in_use": self._size - available - self._opening,
-                "pool_opening": self._opening,
-                "requests_waiting": len(self._waiters),
-                "requests": _count(self._requests),
-                "returns": _count(self._returns),
-                "unavailable_s": round(self._backoff.unavailable_for(monotonic()), 6),
+                _keys.NAME: self.name,
+                _keys.POOL_MIN: self.minconn,
+                _keys.POOL_MAX: self.maxconn,
+                _keys.POOL_SIZE: self._size,
+                _keys.POOL_AVAILABLE: available,
+                _keys.POOL_IN_USE: self._size - available - self._opening,
+                _keys.POOL_OPENING: self._opening,
+                _keys.REQUESTS_WAITING: len(self._waiters),
+                _keys.REQUESTS: _count(self._requests),
+                _keys.RETURNS: _count(self._returns),
+                _keys.UNAVAILABLE_S: round(self._backoff.unavailable_for(monotonic()), 6),
             }
             counters = dict(self._stats)
             discards = dict(self._discards)
-        counters["requests_wait_ms"] = round(counters.pop("wait_time") * 1000, 3)
-        counters["connections_ms"] = round(counters.pop("connect_time") * 1000, 3)
+        counters[_keys.REQUESTS_WAIT_MS] = round(counters.pop(WAIT_TIME) * 1000, 3)
+        counters[_keys.CONNECTIONS_MS] = round(counters.pop(_keys.CONNECT_TIME) * 1000, 3)
         stats.update(counters)
-        stats["connections_discarded"] = sum(discards.values())
-        stats.update({f"discarded_{reason}": n for reason, n in discards.items()})
+        stats[_keys.CONNECTIONS_DISCARDED] = sum(discards.values())
+        stats.update({_keys.discarded(reason): n for reason, n in discards.items()})
         return stats
-
-    def add_listener(self, listener: object) -> None:
-        """Attach a listener (see :mod:`psycopg2_pool.events`); its ``on_*`` methods are used."""
-        if isinstance(listener, type):
-            raise TypeError(f"add_listener() takes a listener object, got the class "
-                            f"{listener.__name__}; pass an instance: {listener.__name__}()")
-        if not any(callable(getattr(listener, hook, None)) for hook in HOOKS):
-            raise TypeError(f"a listener needs at least one of the methods {', '.join(HOOKS)}")
-        with self._lock:
-            if listener in self._listeners:
-                raise ValueError("this listener is already attached to the pool")
-            self._set_listeners((*self._listeners, listener))
-
-    def remove_listener(self, listener: object) -> None:
-        """Detach a listener; a listener that is not attached is ignored."""
-        with self._lock:
-            self._set_listeners(tuple(x for x in self._listeners if x is not listener))
-
-    @property
-    def listeners(self) -> tuple[object, ...]:
-        """The attached listeners, in the order they are called."""
-        return self._listeners
 
     def __enter__(self) -> ConnectionPool:
         return self
@@ -592,7 +483,8 @@ class ConnectionPool:
             f"size={self._size} idle={len(self.idle_connections)} max={self.maxconn}")
         return f"<{type(self).__name__} {self.name!r} {state}>"
 
-    # -- checkout internals ------------------------------------------------------------------
+    # -- checkout --------------------------------------------------------------------------
+    # A checkout that found no idle connection at hand, or one that failed its checks.
 
     def _getconn_slow(self, key: Hashable | None, timeout: float | None, *,
                       counted: bool) -> Connection:
@@ -631,7 +523,7 @@ class ConnectionPool:
                         conn = self._wait(started, NOT_ANSWERING)
                         handed_over = True
                     else:
-                        self._stats["exhausted"] += 1
+                        self._stats[EXHAUSTED] += 1
                         raise self._exhausted(monotonic(), 0.0)
                     if not handed_over:
                         self._connecting += 1
@@ -640,7 +532,7 @@ class ConnectionPool:
                     if not started:
                         started = monotonic()
                         if self._size >= self.maxconn:
-                            self._stats["exhausted"] += 1
+                            self._stats[EXHAUSTED] += 1
                     conn = self._wait(started, limit)
                     handed_over = True
             # Outside the lock from here on: listeners may use the pool.
@@ -675,11 +567,11 @@ class ConnectionPool:
                 self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, waited, opened))
         return conn
 
-    def _unusable(self, conn: Connection, rec: _Record, now: float,
+    def _unusable(self, conn: Connection, rec: Record, now: float,
                   returned: float) -> str | None:
         """Why an idle connection must not be handed out, or None when it is fine."""
         if conn.get_transaction_status() != _IDLE:
-            return _closed_reason(conn)
+            return closed_reason(conn)
         if self.idle_timeout and now - returned > self.idle_timeout:
             return DiscardReason.IDLE_TIMEOUT
         if now >= rec.expires:
@@ -693,6 +585,41 @@ class ConnectionPool:
                 return DiscardReason.FAILED_CHECK
         return None
 
+    def _discard(self, conn: Connection, rec: Record, reason: str) -> None:
+        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
+        background: the caller goes on to take another, open one or wait (which refills)."""
+        with self._lock:
+            self._out.pop(rec.conn_id, None)
+            self._size -= 1
+        self._close_connection(conn, rec, reason, monotonic())
+
+    def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
+        """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            conn = self._keys.get(key)
+        if conn is not None:
+            return conn
+        conn = self.getconn(timeout=timeout)
+        with self._lock:
+            existing = self._keys.get(key)
+            if existing is None:
+                self._keys[key] = conn
+                conn._pool_rec.key = key
+        if existing is not None:  # another thread got one for this key meanwhile: use theirs
+            self.putconn(conn)
+            return existing
+        return conn
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
+                          f"used after close() — create a new pool")
+
+    # -- waiting and hand-over -------------------------------------------------------------
+    # A caller that may wait queues as a _Waiter; putconn and the background opens hand
+    # connections to the first in the queue, so nobody barges ahead of a waiter.
+
     def _wait(self, started: float, timeout: float) -> Connection:
         """Queue for a connection; called and returns with the lock held.
 
@@ -703,7 +630,7 @@ class ConnectionPool:
             raise self._refused()
         waiter = _Waiter()
         self._waiters.append(waiter)
-        self._stats["waits"] += 1
+        self._stats[WAITS] += 1
         self._ensure_opening()  # room in the pool: a background open serves the queue
         deadline = started + timeout
         try:
@@ -739,10 +666,38 @@ class ConnectionPool:
                     self.idle_connections.append(conn)
             raise
         finally:
-            self._stats["wait_time"] += monotonic() - started
+            self._stats[WAIT_TIME] += monotonic() - started
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
+        """Give a checked-in (or new) connection to the first waiter (lock held)."""
+        waiter = self._waiters.popleft()
+        rec.since = now
+        self._out[rec.conn_id] = rec
+        waiter.conn = conn
+        waiter.lock.release()
+
+    def _hand_over_idle(self) -> None:
+        """Serve waiters from the idle connections, or close them if the pool closed."""
+        with self._lock:
+            conns = self._take_idle() if self._closed else []
+            while self._waiters and self.idle_connections:
+                conn = self.idle_connections.pop()
+                self.return_times.pop(conn, None)
+                self._hand_over(conn, conn._pool_rec, monotonic())
+        now = monotonic()
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
+
+    def _place(self, conn: Connection, rec: Record, now: float) -> None:
+        """A new connection for the pool: to the first waiter, else idle (lock held)."""
+        if self._waiters:
+            self._hand_over(conn, rec, now)
+        else:
+            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
+            self.idle_connections.append(conn)
 
     def _timed_out(self, started: float, timeout: float) -> psycopg2.OperationalError:
         """The error of a waiter whose timeout passed (lock held): the server could not be
@@ -756,7 +711,7 @@ class ConnectionPool:
         silent = min(NOT_ANSWERING, max(0.25, 0.9 * waited))
         if not backoff.failing and now - oldest < silent:
             return self._exhausted(started, timeout)  # connects work, if slower than timeout
-        self._stats["timeouts"] += 1
+        self._stats[TIMEOUTS] += 1
         if backoff.failing:
             cause = backoff.describe(now)
         else:
@@ -776,7 +731,7 @@ class ConnectionPool:
         """Build the exhaustion error (lock held) and announce it (listeners run unlocked)."""
         waited = monotonic() - started if timeout > 0 else 0.0
         in_use = self._size - len(self.idle_connections) - self._opening
-        self._stats["timeouts"] += 1
+        self._stats[TIMEOUTS] += 1
         queued = len(self._waiters)
         wait_text = (f"waited {waited:.3g} s (timeout={timeout:g} s)" if timeout > 0 else
                      "did not wait (timeout=0)")
@@ -792,7 +747,7 @@ class ConnectionPool:
     def _refused(self) -> TooManyRequests:
         """The error of a caller refused because ``max_waiting`` wait already (lock held)."""
         in_use = self._size - len(self.idle_connections) - self._opening
-        self._stats["requests_refused"] += 1
+        self._stats[REQUESTS_REFUSED] += 1
         error = TooManyRequests(
             f"the pool {self.name!r} refused the request: max_waiting={self.max_waiting} "
             f"requests are already waiting for a connection (maxconn={self.maxconn:g}, "
@@ -810,29 +765,10 @@ class ConnectionPool:
             finally:
                 self._lock.acquire()
 
-    def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
-        """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            conn = self._keys.get(key)
-        if conn is not None:
-            return conn
-        conn = self.getconn(timeout=timeout)
-        with self._lock:
-            existing = self._keys.get(key)
-            if existing is None:
-                self._keys[key] = conn
-                conn._pool_rec.key = key
-        if existing is not None:  # another thread got one for this key meanwhile: use theirs
-            self.putconn(conn)
-            return existing
-        return conn
+    # -- return ----------------------------------------------------------------------------
 
-    # -- return internals --------------------------------------------------------------------
-
-    def _claim_return(self, conn: Connection, rec: _Record | None,
-                      key: Hashable | None) -> _Record:
+    def _claim_return(self, conn: Connection, rec: Record | None,
+                      key: Hashable | None) -> Record:
         """The slow path of putconn: keys, and every kind of misuse, with precise errors."""
         if rec is not None and rec.ref() is not conn:  # not ours after all: put it back
             self._out[rec.conn_id] = rec
@@ -860,7 +796,7 @@ class ConnectionPool:
                 rec.key = None
         return rec
 
-    def _putconn_slow(self, conn: Connection, rec: _Record, now: float, close: bool) -> None:
+    def _putconn_slow(self, conn: Connection, rec: Record, now: float, close: bool) -> None:
         """Return with a reset, a discard, a waiter to serve, or the pool closed."""
         reason: str | None = DiscardReason.CLOSED_BY_USER if close else None
         if reason is None:
@@ -896,7 +832,7 @@ class ConnectionPool:
         if reason is not None:
             self._close_connection(conn, rec, reason, now)
 
-    def _run_reset(self, conn: Connection, rec: _Record) -> str | None:
+    def _run_reset(self, conn: Connection, rec: Record) -> str | None:
         """Call the ``reset`` hook on a returned connection; the discard reason if it fails."""
         rec.hook = True
         try:
@@ -915,35 +851,10 @@ class ConnectionPool:
                            self.name, problem)
         return DiscardReason.FAILED_RESET
 
-    def _hand_over(self, conn: Connection, rec: _Record, now: float) -> None:
-        """Give a checked-in (or new) connection to the first waiter (lock held)."""
-        waiter = self._waiters.popleft()
-        rec.since = now
-        self._out[rec.conn_id] = rec
-        waiter.conn = conn
-        waiter.lock.release()
-
-    def _hand_over_idle(self) -> None:
-        """Serve waiters from the idle connections, or close them if the pool closed."""
-        with self._lock:
-            conns = self._take_idle() if self._closed else []
-            while self._waiters and self.idle_connections:
-                conn = self.idle_connections.pop()
-                self.return_times.pop(conn, None)
-                self._hand_over(conn, conn._pool_rec, monotonic())
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
-
-    def _update_slow_return(self) -> None:
-        """Whether every ``putconn`` must take the slow path (lock held)."""
-        self._slow_return = (self._closed or self._reset_hook is not None
-                             or self._size > self.maxconn)
-
     def _reset(self, conn: Connection, status: int) -> str | None:
         """Roll back a connection returned inside a transaction; the discard reason if it fails."""
         if status == _UNKNOWN:
-            return _closed_reason(conn)
+            return closed_reason(conn)
         if status == _ACTIVE:
             return DiscardReason.BROKEN  # a command is still running on it
         try:
@@ -951,7 +862,7 @@ class ConnectionPool:
         except Exception:  # noqa: BLE001 - a connection that cannot roll back is broken
             return DiscardReason.BROKEN
         with self._lock:
-            self._stats["rollbacks"] += 1
+            self._stats[ROLLBACKS] += 1
         return None if conn.get_transaction_status() == _IDLE else DiscardReason.BROKEN
 
     def _bounded(self, call: Callable[[Connection], object], conn: Connection) -> None:
@@ -969,27 +880,10 @@ class ConnectionPool:
                                "was shut down and will be discarded", self.name,
                                getattr(call, "__name__", "round trip"), seconds)
 
-    def _prune_idle(self, now: float) -> list[Connection]:
-        """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""
-        idle = self.idle_connections
-        limit = self._idle_limit
-        pruned = []
-        while idle:
-            oldest = idle[0]
-            returned = self.return_times.get(oldest)
-            if returned is None or now - returned <= limit:
-                break
-            try:
-                popped = idle.popleft()
-            except IndexError:  # a lock-free getconn emptied it meanwhile
-                break
-            if popped is not oldest:  # a lock-free getconn took the oldest meanwhile
-                idle.appendleft(popped)
-                continue
-            self.return_times.pop(oldest, None)
-            pruned.append(oldest)
-        self._size -= len(pruned)
-        return pruned
+    def _update_slow_return(self) -> None:
+        """Whether every ``putconn`` must take the slow path (lock held)."""
+        self._slow_return = (self._closed or self._reset_hook is not None
+                             or self._size > self.maxconn)
 
     def _take_idle(self) -> list[Connection]:
         """Take every idle connection out of the pool (lock held)."""
@@ -1004,417 +898,7 @@ class ConnectionPool:
         self._size -= len(conns)
         return conns
 
-    # -- opening -----------------------------------------------------------------------------
-    # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
-    # slots are _opening; each is queued as an OpenConnection task, connecting, or parked
-    # while connects fail (one reconnect attempt at a time is scheduled for all of them).
-
-    def _excess(self) -> int:
-        """Reserved slots beyond what waiters and ``minconn`` need (lock held; may be < 0)."""
-        open_now = self._size - self._opening
-        needed = len(self._waiters) + max(0, self.minconn - open_now)
-        return self._opening - needed
-
-    def _ensure_opening(self) -> None:
-        """Reserve and start the opens that waiters and ``minconn`` need (lock held)."""
-        if self._closed or self._starting:
-            return
-        missing = min(-self._excess(), self.maxconn - self._size)
-        if missing <= 0:
-            return
-        for _ in range(int(missing)):
-            self._size += 1
-            self._opening += 1
-            if self._backoff.failing:
-                self._parked += 1
-            else:
-                self._queue_open()
-        self._schedule_retry()
-
-    def _queue_open(self) -> None:
-        """Start opening into a reserved slot on a scheduler worker, or defer it while the
-        pool's ``num_workers`` attempts are under way (lock held)."""
-        if self._queued + self._bg_connecting < self.num_workers:
-            self._queued += 1
-            SCHEDULER.call_soon(OpenConnection(self))
-        else:
-            self._deferred += 1
-
-    def _attempt_ended(self) -> None:
-        """A background attempt ended: start a deferred open in its place (lock held)."""
-        self._bg_connecting -= 1
-        while self._deferred and self._queued + self._bg_connecting < self.num_workers:
-            self._deferred -= 1
-            if self._backoff.failing:
-                self._parked += 1
-                self._schedule_retry()
-            else:
-                self._queued += 1
-                SCHEDULER.call_soon(OpenConnection(self))
-
-    def _take_reserved(self) -> bool:
-        """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
-        not started, so that a refill in the background never fails it (lock held)."""
-        if self._waiters:  # the slots are theirs
-            return False
-        if self._deferred:
-            self._deferred -= 1
-            return True
-        if self._parked:
-            self._parked -= 1
-            return True
-        if self._queued:  # its OpenConnection task will find it taken and do nothing
-            self._queued -= 1
-            self._taken += 1
-            return True
-        return False
-
-    def _trim_opening(self) -> None:
-        """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
-        while self._excess() > 0 and (self._deferred or self._parked):
-            if self._deferred:
-                self._deferred -= 1
-            else:
-                self._parked -= 1
-            self._opening -= 1
-            self._size -= 1
-
-    def _schedule_retry(self) -> None:
-        """While connects fail: one reconnect attempt, when the backoff allows (lock held)."""
-        if self._parked and not self._retry_scheduled:
-            self._retry_scheduled = True
-            SCHEDULER.call_at(self._backoff.next_attempt,
-                              OpenConnection(self, reconnect=True))
-
-    def _open_reserved(self, *, reconnect: bool) -> None:
-        """The body of the OpenConnection task: open into a reserved slot, on a worker."""
-        with self._lock:
-            if reconnect:
-                self._retry_scheduled = False
-                if self._closed or not self._parked:
-                    return
-                self._parked -= 1
-            elif self._closed:
-                return  # close() gave the slot back
-            elif self._taken:  # a timeout=0 caller opens into this slot itself
-                self._taken -= 1
-                return
-            else:
-                self._queued -= 1
-            if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
-                self._opening -= 1
-                self._size -= 1
-                return
-            self._connecting += 1
-            self._bg_connecting += 1
-        try:
-            conn = self._attempt()
-        except BaseException:  # noqa: BLE001 - counted and announced by _attempt
-            with self._lock:
-                self._connecting -= 1
-                self._attempt_ended()
-                if self._closed or self._excess() > 0:
-                    self._opening -= 1
-                    self._size -= 1
-                else:  # still needed: wait for the next attempt of the outage
-                    self._parked += 1
-                    self._schedule_retry()
-            return
-        now = monotonic()
-        rec = conn._pool_rec
-        with self._lock:
-            self._connecting -= 1
-            self._attempt_ended()
-            self._opening -= 1
-            rec.since = now
-            closed = self.closed  # the property: close() may have run during the attempt
-            if closed:
-                self._size -= 1
-            else:
-                self._place(conn, rec, now)
-            self._opened.notify_all()
-        if closed:
-            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
-
-    def _open_inline(self, *, idle: bool) -> Connection:
-        """Open into a slot this thread reserved and counted as connecting (``__init__``,
-        ``timeout=0`` checkouts); on failure give the slot back and raise psycopg2's error."""
-        try:
-            conn = self._attempt()
-        except BaseException:
-            with self._lock:
-                self._connecting -= 1
-                self._opening -= 1
-                self._free_slot()
-            raise
-        now = monotonic()
-        rec = conn._pool_rec
-        close = False
-        with self._lock:
-            self._connecting -= 1
-            self._opening -= 1
-            rec.since = now
-            if self._closed and idle:
-                close = True
-                self._size -= 1
-            elif idle:
-                self._place(conn, rec, now)
-            else:
-                self._out[rec.conn_id] = rec
-                self._ensure_opening()  # minconn, after a discard of this checkout
-            self._opened.notify_all()
-        if close:
-            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
-        return conn
-
-    def _place(self, conn: Connection, rec: _Record, now: float) -> None:
-        """A new connection for the pool: to the first waiter, else idle (lock held)."""
-        if self._waiters:
-            self._hand_over(conn, rec, now)
-        else:
-            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
-            self.idle_connections.append(conn)
-
-    def _attempt(self) -> Connection:
-        """One connection attempt, outside the lock: connect, then ``configure``.
-
-        Counts it, sends ``on_connect`` (and ``on_unavailable``/``on_recovered`` when an
-        outage begins or ends) and keeps the backoff; the caller owns the slot.
-        """
-        started = monotonic()
-        attempt = next(self._attempt_ids)
-        self._attempts[attempt] = started
-        try:
-            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
-        except BaseException as exc:
-            self._attempt_failed(exc, started)
-            raise
-        finally:
-            self._attempts.pop(attempt, None)
-        created = monotonic()
-        expires = _INF if self.max_lifetime is None else (
-            created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
-        rec = _Record(self, conn, created, expires)
-        conn._pool = self
-        conn._pool_rec = rec
-        if self._configure is not None:
-            try:
-                self._run_configure(conn, rec)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                self._attempt_failed(exc, started)
-                raise
-        now = monotonic()
-        if self._on_connect:  # before anyone can check it out: events stay in order
-            self._emit(self._on_connect, ConnectEvent(self, conn, now - started, None))
-        with self._lock:
-            self._stats["connections_num"] += 1
-            self._stats["connect_time"] += now - started
-            ended = self._backoff.succeeded(now)
-            if ended is not None:  # the outage is over: every parked slot opens now
-                self._retry_scheduled = False
-                while self._parked:
-                    self._parked -= 1
-                    self._queue_open()
-        if ended is not None:
-            outage, attempts, error = ended
-            logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
-                           self.name, outage, attempts)
-            if self._on_recovered:
-                self._emit(self._on_recovered, RecoveredEvent(self, outage, attempts, error))
-        return conn
-
-    def _run_configure(self, conn: Connection, rec: _Record) -> None:
-        """Call ``configure`` on a new connection; it must leave no transaction open."""
-        rec.hook = True
-        try:
-            self._configure(conn)  # type: ignore[misc]
-        finally:
-            rec.hook = False
-        status = conn.get_transaction_status()
-        if status != _IDLE:
-            raise PoolError(f"the configure callable left the new connection in a transaction "
-                            f"(status {status}); commit it, or set autocommit, inside configure")
-
-    def _attempt_failed(self, exc: BaseException, started: float) -> None:
-        now = monotonic()
-        with self._lock:
-            self._stats["connections_errors"] += 1
-            began = self._backoff.failed(now, exc)
-            if began:
-                self._stats["outages"] += 1
-        if self._on_connect:
-            self._emit(self._on_connect, ConnectEvent(self, None, now - started, exc))
-        if began and not self._starting and not self._closed:  # once per outage
-            logger.warning("pool %r: cannot open connections (%s: %s); callers that may wait "
-                           "keep waiting while the pool retries in the background",
-                           self.name, type(exc).__name__, one_line(exc))
-            if self._on_unavailable:
-                self._emit(self._on_unavailable, UnavailableEvent(self, exc))
-
-    def _discard(self, conn: Connection, rec: _Record, reason: str) -> None:
-        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
-        background: the caller goes on to take another, open one or wait (which refills)."""
-        with self._lock:
-            self._out.pop(rec.conn_id, None)
-            self._size -= 1
-        self._close_connection(conn, rec, reason, monotonic())
-
-    def _free_slot(self) -> None:
-        """A connection left the pool; open another in the background if waiters or
-        ``minconn`` need it (lock held)."""
-        self._size -= 1
-        self._ensure_opening()
-
-    # -- background upkeep (run by the tasks of psycopg2_pool.upkeep) -----------------------
-
-    def _start_upkeep(self) -> None:
-        """(Re)start the periodic tasks; an older chain sees its generation is stale."""
-        with self._lock:
-            if self._closed:
-                return
-            self._generation += 1
-            generation = self._generation
-        now = monotonic()
-        if self._idle_limit < _INF:
-            SCHEDULER.call_at(now + self._idle_limit, PruneIdle(self, generation))
-        if self.max_lifetime is not None:
-            SCHEDULER.call_at(now + self.max_lifetime * 0.9, RetireExpired(self, generation))
-
-    def _prune_idle_due(self, generation: int) -> float | None:
-        """PruneIdle: close what is idle past ``idle_timeout``; when to run next."""
-        limit = self._idle_limit
-        if generation != self._generation or self._closed or limit == _INF:
-            return None
-        now = monotonic()
-        with self._lock:
-            to_close = self._prune_idle(now)
-            self._ensure_opening()  # psycopg2-pool 1.2: then refill to minconn
-            oldest = self.return_times.get(self.idle_connections[0], now) \
-                if self.idle_connections else now
-        for conn in to_close:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
-        return oldest + limit + 0.005  # just past the moment the oldest one expires
-
-    def _retire_expired_due(self, generation: int) -> float | None:
-        """RetireExpired: close idle connections past their lifetime and replace them."""
-        lifetime = self.max_lifetime
-        if generation != self._generation or self._closed or lifetime is None:
-            return None
-        now = monotonic()
-        expired = []
-        with self._lock:
-            for conn in list(self.idle_connections):
-                if conn._pool_rec.expires <= now:
-                    try:
-                        self.idle_connections.remove(conn)
-                    except ValueError:  # a lock-free getconn took it meanwhile
-                        continue
-                    self.return_times.pop(conn, None)
-                    expired.append(conn)
-            self._size -= len(expired)
-            self._ensure_opening()
-            recs = [c._pool_rec for c in self.idle_connections] + list(self._out.values())
-        for conn in expired:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.MAX_LIFETIME, now)
-        upcoming = [r.expires for r in recs if r.expires > now]
-        return min(upcoming, default=now + lifetime * 0.9) + 0.005
-
-    # -- closing ----------------------------------------------------------------------------
-
-    def _close_connection(self, conn: Connection, rec: _Record, reason: str, now: float) -> None:
-        """Close a connection already taken out of the books, and announce it."""
-        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone
-            conn.close()
-        with self._lock:
-            self._discards[reason] += 1
-        if self._on_discard:
-            self._emit(self._on_discard, DiscardEvent(self, conn, rec.conn_id, rec.backend_pid,
-                                                      reason, now - rec.created))
-
-    def _connection_collected(self, rec: _Record) -> None:
-        """Weakref callback: a checked-out connection was garbage-collected (any thread).
-
-        It may run while this very thread holds the lock, so it only queues the record and
-        drains the queue if the lock is free at once.
-        """
-        self._collected.append(rec)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._drain_collected()
-            finally:
-                self._lock.release()
-
-    def _drain_collected(self) -> None:
-        """Give back the slots of collected connections and announce them (lock held)."""
-        events = []
-        while self._collected:
-            rec = self._collected.popleft()
-            if rec.key is not None:
-                self._keys.pop(rec.key, None)
-            self._discards[DiscardReason.GARBAGE_COLLECTED] += 1
-            self._free_slot()
-            events.append(DiscardEvent(self, None, rec.conn_id, rec.backend_pid,
-                                       DiscardReason.GARBAGE_COLLECTED,
-                                       monotonic() - rec.created))
-        if events and self._on_discard:
-            self._lock.release()
-            try:
-                for event in events:
-                    self._emit(self._on_discard, event)
-            finally:
-                self._lock.acquire()
-
-    def _closed_error(self) -> PoolClosed:
-        return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
-                          f"used after close() — create a new pool")
-
-    def _is_checked_out(self, conn: Connection) -> bool:
-        rec = self._out.get(id(conn))
-        return rec is not None and rec.ref() is conn
-
-    # -- listeners ---------------------------------------------------------------------------
-
-    def _set_listeners(self, listeners: tuple[object, ...]) -> None:
-        self._listeners = listeners
-        for hook in HOOKS:
-            methods = []
-            for listener in listeners:
-                method = getattr(listener, hook, None)
-                if not callable(method):
-                    continue
-                if getattr(type(listener), hook, None) is getattr(PoolListener, hook):
-                    continue  # PoolListener's no-op: skip it, it costs a call per event
-                methods.append(method)
-            setattr(self, f"_{hook}", tuple(methods))
-        self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields)
-        self._checkin_hooked = bool(self._on_checkin or self._on_checkin_fields)
-
-    def _emit_fields(self, methods: tuple[Callable[..., None], ...], *fields: Any) -> None:
-        """Call the fields form of a hook (slow paths; the fast ones inline it)."""
-        for method in methods:
-            try:
-                method(self, *fields)
-            except Exception:  # noqa: BLE001 - a listener must never break the pool
-                self._listener_failed(method)
-
-    def _emit(self, methods: tuple[Callable[[Any], None], ...], event: object) -> None:
-        for method in methods:
-            try:
-                method(event)
-            except Exception:  # noqa: BLE001 - a listener must never break the pool
-                self._listener_failed(method)
-
-    def _listener_failed(self, method: Callable[[Any], None]) -> None:
-        with self._lock:
-            self._stats["listener_errors"] += 1
-            count = self._stats["listener_errors"]
-        if count <= 10:
-            logger.exception("pool %r: listener %r raised; the pool carries on", self.name,
-                             method)
-
-    # -- fork --------------------------------------------------------------------------------
+    # -- fork ------------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
         """Forget every inherited connection without touching the parent's sessions."""
@@ -1428,10 +912,8 @@ class ConnectionPool:
         self.return_times.clear()
         self._out.clear()
         self._keys.clear()
-        self._size = self._opening = self._connecting = self._parked = 0
-        self._queued = self._taken = self._deferred = self._bg_connecting = 0
-        self._retry_scheduled = False
-        self._backoff = Backoff()
+        self._size = 0
+        self._reset_openings()
         _forking.detach(self, conns)
         now = monotonic()
         for conn in conns:
@@ -1446,32 +928,6 @@ def _count(counter: itertools.count[int]) -> int:
     """The next value an ``itertools.count`` would give, i.e. how many were taken."""
     return int(repr(counter)[6:-1])
 
-
-class _ConnectionContext:
-    """The context manager of :meth:`ConnectionPool.connection`."""
-
-    __slots__ = ("checkout", "conn", "pool", "timeout")
-
-    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
-        self.pool = pool
-        self.timeout = timeout
-        self.conn: Connection = None
-        self.checkout = 0.0
-
-    def __enter__(self) -> Connection:
-        self.conn = conn = self.pool.getconn(timeout=self.timeout)
-        self.checkout = conn._pool_rec.since  # this checkout, not a later one by someone else
-        return conn
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        conn, self.conn = self.conn, None
-        leave(self.pool, conn, self.checkout, exc_type)
-
-
-_COUNTERS = ("exhausted", "waits", "wait_time", "timeouts", "requests_refused", "rollbacks",
-             "connections_num", "connections_errors", "connect_time", "outages",
-             "listener_errors")
 
 #: psycopg2.pool's name; the same thread-safe class.
 ThreadedConnectionPool = ConnectionPool

@@ -1,4 +1,4 @@
-"""Everything a pool does in the background, one named task each.
+"""Everything a pool does in the background, one named task each, and the code they run.
 
 Callers' threads only check connections out and in: they never open a connection, nor
 close one for being idle or old. That work is done by these tasks, run by the process's
@@ -18,20 +18,51 @@ close one for being idle or old. That work is done by these tasks, run by the pr
     and opens their replacements, before a caller would meet them.
 
 Besides these, one daemon thread (:mod:`psycopg2_pool._watchdog`) shuts down the socket of
-a health check or rollback that outlives ``io_timeout``. Tasks hold their pool weakly: a
-pool that is garbage-collected or closed stops its tasks.
+a health check or rollback that outlives ``io_timeout``, and a checked-out connection the
+application drops is given back by the garbage collector, on whichever thread collects it
+(:meth:`Upkeep._connection_collected`). Tasks hold their pool weakly: a pool that is
+garbage-collected or closed stops its tasks.
+
+What the tasks run is :class:`Upkeep`, a base class of
+:class:`~psycopg2_pool.pool.ConnectionPool`: keeping the pool at its size, i.e. reserving slots
+and opening connections into them (in a task, or on the caller's thread for ``__init__`` and
+a ``timeout=0`` checkout), the reconnect backoff, pruning and retiring, and closing what
+leaves the pool. The pool's core (:mod:`psycopg2_pool.pool`: checkout, return, waiting and
+hand-over) decides where a new connection goes (:meth:`Upkeep._place`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
+import math
+import random
+import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Hashable
+from time import monotonic
+from typing import TYPE_CHECKING, Any, cast
 
+from ._driver import extensions, psycopg2
+from .connection import Record
+from .errors import PoolError, one_line
+from .events import ConnectEvent, DiscardEvent, DiscardReason, RecoveredEvent, UnavailableEvent
+from .listeners import Listeners
+from .reconnect import Backoff
 from .scheduler import SCHEDULER
+from .stats import CONNECT_TIME, CONNECTIONS_ERRORS, CONNECTIONS_NUM, OUTAGES
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
 
+logger = logging.getLogger("psycopg2_pool")
+
+_IDLE = extensions.TRANSACTION_STATUS_IDLE
+_INF = math.inf
+
+Connection = Any  # a psycopg2 connection opened by the pool
 
 class OpenConnection:
     """Open a connection into a reserved slot; ``reconnect`` marks the retry of an outage."""
@@ -39,8 +70,8 @@ class OpenConnection:
     __slots__ = ("pool_ref", "reconnect")
     name = "open_connection"
 
-    def __init__(self, pool: ConnectionPool, *, reconnect: bool = False) -> None:
-        self.pool_ref: weakref.ref[Any] = pool._self_ref
+    def __init__(self, pool: Upkeep, *, reconnect: bool = False) -> None:
+        self.pool_ref: weakref.ref[Any] = weakref.ref(pool)
         self.reconnect = reconnect
 
     def run(self) -> None:
@@ -56,8 +87,8 @@ class _Periodic:
     __slots__ = ("generation", "pool_ref")
     name = "periodic"
 
-    def __init__(self, pool: ConnectionPool, generation: int) -> None:
-        self.pool_ref: weakref.ref[Any] = pool._self_ref
+    def __init__(self, pool: Upkeep, generation: int) -> None:
+        self.pool_ref: weakref.ref[Any] = weakref.ref(pool)
         self.generation = generation
 
     def run(self) -> None:
@@ -68,7 +99,7 @@ class _Periodic:
         if due is not None:
             SCHEDULER.call_at(due, self)
 
-    def _step(self, pool: ConnectionPool) -> float | None:  # pragma: no cover - abstract
+    def _step(self, pool: Upkeep) -> float | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -78,7 +109,7 @@ class PruneIdle(_Periodic):
     __slots__ = ()
     name = "prune_idle"
 
-    def _step(self, pool: ConnectionPool) -> float | None:
+    def _step(self, pool: Upkeep) -> float | None:
         return pool._prune_idle_due(self.generation)
 
 
@@ -88,11 +119,443 @@ class RetireExpired(_Periodic):
     __slots__ = ()
     name = "retire_expired"
 
-    def _step(self, pool: ConnectionPool) -> float | None:
+    def _step(self, pool: Upkeep) -> float | None:
         return pool._retire_expired_due(self.generation)
 
 
 #: Every kind of background task, for a reader and for ``SCHEDULER.pending()``.
 TASKS = (OpenConnection, PruneIdle, RetireExpired)
 
-__all__ = ["TASKS", "OpenConnection", "PruneIdle", "RetireExpired"]
+
+class Upkeep(Listeners):
+    """The pool's size kept: slots reserved and opened, connections pruned, retired, closed.
+
+    The counters of reserved slots are this class's own (:meth:`_init_upkeep`); the books it
+    shares with the pool's core, annotated below, are set up by ``ConnectionPool.__init__``.
+    Every method with "(lock held)" in its docstring is called with ``_lock`` held.
+    """
+
+    # The pool's books, shared with the core.
+    _lock: threading.Lock
+    _opened: threading.Condition  #: notified when a connection opens
+    _closed: bool
+    _starting: bool  #: in __init__: open minconn on this thread, raise on failure
+    _size: int  #: open connections + reserved slots
+    _waiters: deque[Any]
+    _out: dict[int, Record]  #: checked-out connections' records, by id()
+    _keys: dict[Hashable, Connection]
+    _collected: deque[Record]  #: records of collected connections not yet given back
+    _stats: dict[str, float]
+    _discards: dict[str, int]
+    idle_connections: deque[Connection]
+    return_times: dict[Connection, float]
+    minconn: int
+    maxconn: float
+    num_workers: int
+    max_lifetime: float | None
+    _idle_limit: float
+    # How to connect.
+    _factory: type
+    _connect_args: dict[str, Any]
+    _configure: Callable[[Connection], object] | None
+
+    def _init_upkeep(self) -> None:
+        self._generation = 0  # of the periodic tasks (see _start_upkeep)
+        self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
+        self._attempt_ids = itertools.count()
+        self._reset_openings()
+        # Told by a Record when its checked-out connection is garbage-collected; weak, as
+        # records must not keep the pool alive.
+        self._collected_cb = weakref.WeakMethod(self._connection_collected)
+
+    def _reset_openings(self) -> None:
+        """No slot reserved, no attempt under way, no outage: at start and in a forked child
+        (whose parent's attempts are not there)."""
+        self._opening = 0  # reserved slots: queued, connecting or parked
+        self._connecting = 0  # attempts in progress (any thread)
+        self._parked = 0  # reserved slots waiting for the reconnect attempt of an outage
+        self._queued = 0  # reserved slots whose OpenConnection task has not started
+        self._deferred = 0  # reserved slots waiting for one of the pool's num_workers
+        self._bg_connecting = 0  # background attempts in progress (at most num_workers)
+        self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
+        self._retry_scheduled = False
+        self._backoff = Backoff()
+
+    def _as_pool(self) -> ConnectionPool:
+        """This object as the events name it: the pool (slow paths only)."""
+        return cast("ConnectionPool", self)
+
+    def _place(self, conn: Connection, rec: Record, now: float) -> None:
+        """Where a new connection goes: to the first waiter, else idle (lock held). The core's
+        decision (hand-over), implemented by the pool."""
+        raise NotImplementedError  # pragma: no cover
+
+    # -- opening ---------------------------------------------------------------------------
+    # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
+    # slots are _opening; each is queued as an OpenConnection task, connecting, or parked
+    # while connects fail (one reconnect attempt at a time is scheduled for all of them).
+
+    def _excess(self) -> int:
+        """Reserved slots beyond what waiters and ``minconn`` need (lock held; may be < 0)."""
+        open_now = self._size - self._opening
+        needed = len(self._waiters) + max(0, self.minconn - open_now)
+        return self._opening - needed
+
+    def _ensure_opening(self) -> None:
+        """Reserve and start the opens that waiters and ``minconn`` need (lock held)."""
+        if self._closed or self._starting:
+            return
+        missing = min(-self._excess(), self.maxconn - self._size)
+        if missing <= 0:
+            return
+        for _ in range(int(missing)):
+            self._size += 1
+            self._opening += 1
+            if self._backoff.failing:
+                self._parked += 1
+            else:
+                self._queue_open()
+        self._schedule_retry()
+
+    def _queue_open(self) -> None:
+        """Start opening into a reserved slot on a scheduler worker, or defer it while the
+        pool's ``num_workers`` attempts are under way (lock held)."""
+        if self._queued + self._bg_connecting < self.num_workers:
+            self._queued += 1
+            SCHEDULER.call_soon(OpenConnection(self))
+        else:
+            self._deferred += 1
+
+    def _attempt_ended(self) -> None:
+        """A background attempt ended: start a deferred open in its place (lock held)."""
+        self._bg_connecting -= 1
+        while self._deferred and self._queued + self._bg_connecting < self.num_workers:
+            self._deferred -= 1
+            if self._backoff.failing:
+                self._parked += 1
+                self._schedule_retry()
+            else:
+                self._queued += 1
+                SCHEDULER.call_soon(OpenConnection(self))
+
+    def _take_reserved(self) -> bool:
+        """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
+        not started, so that a refill in the background never fails it (lock held)."""
+        if self._waiters:  # the slots are theirs
+            return False
+        if self._deferred:
+            self._deferred -= 1
+            return True
+        if self._parked:
+            self._parked -= 1
+            return True
+        if self._queued:  # its OpenConnection task will find it taken and do nothing
+            self._queued -= 1
+            self._taken += 1
+            return True
+        return False
+
+    def _trim_opening(self) -> None:
+        """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
+        while self._excess() > 0 and (self._deferred or self._parked):
+            if self._deferred:
+                self._deferred -= 1
+            else:
+                self._parked -= 1
+            self._opening -= 1
+            self._size -= 1
+
+    def _schedule_retry(self) -> None:
+        """While connects fail: one reconnect attempt, when the backoff allows (lock held)."""
+        if self._parked and not self._retry_scheduled:
+            self._retry_scheduled = True
+            SCHEDULER.call_at(self._backoff.next_attempt,
+                              OpenConnection(self, reconnect=True))
+
+    def _open_reserved(self, *, reconnect: bool) -> None:
+        """The body of the OpenConnection task: open into a reserved slot, on a worker."""
+        with self._lock:
+            if reconnect:
+                self._retry_scheduled = False
+                if self._closed or not self._parked:
+                    return
+                self._parked -= 1
+            elif self._closed:
+                return  # close() gave the slot back
+            elif self._taken:  # a timeout=0 caller opens into this slot itself
+                self._taken -= 1
+                return
+            else:
+                self._queued -= 1
+            if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
+                self._opening -= 1
+                self._size -= 1
+                return
+            self._connecting += 1
+            self._bg_connecting += 1
+        try:
+            conn = self._attempt()
+        except BaseException:  # noqa: BLE001 - counted and announced by _attempt
+            with self._lock:
+                self._connecting -= 1
+                self._attempt_ended()
+                if self._closed or self._excess() > 0:
+                    self._opening -= 1
+                    self._size -= 1
+                else:  # still needed: wait for the next attempt of the outage
+                    self._parked += 1
+                    self._schedule_retry()
+            return
+        now = monotonic()
+        rec = conn._pool_rec
+        with self._lock:
+            self._connecting -= 1
+            self._attempt_ended()
+            self._opening -= 1
+            rec.since = now
+            closed = bool(self._closed)  # read again: close() may have run during the attempt
+            if closed:
+                self._size -= 1
+            else:
+                self._place(conn, rec, now)
+            self._opened.notify_all()
+        if closed:
+            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+
+    def _open_inline(self, *, idle: bool) -> Connection:
+        """Open into a slot this thread reserved and counted as connecting (``__init__``,
+        ``timeout=0`` checkouts); on failure give the slot back and raise psycopg2's error."""
+        try:
+            conn = self._attempt()
+        except BaseException:
+            with self._lock:
+                self._connecting -= 1
+                self._opening -= 1
+                self._free_slot()
+            raise
+        now = monotonic()
+        rec = conn._pool_rec
+        close = False
+        with self._lock:
+            self._connecting -= 1
+            self._opening -= 1
+            rec.since = now
+            if self._closed and idle:
+                close = True
+                self._size -= 1
+            elif idle:
+                self._place(conn, rec, now)
+            else:
+                self._out[rec.conn_id] = rec
+                self._ensure_opening()  # minconn, after a discard of this checkout
+            self._opened.notify_all()
+        if close:
+            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+        return conn
+
+    def _attempt(self) -> Connection:
+        """One connection attempt, outside the lock: connect, then ``configure``.
+
+        Counts it, sends ``on_connect`` (and ``on_unavailable``/``on_recovered`` when an
+        outage begins or ends) and keeps the backoff; the caller owns the slot.
+        """
+        started = monotonic()
+        attempt = next(self._attempt_ids)
+        self._attempts[attempt] = started
+        try:
+            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
+        except BaseException as exc:
+            self._attempt_failed(exc, started)
+            raise
+        finally:
+            self._attempts.pop(attempt, None)
+        created = monotonic()
+        expires = _INF if self.max_lifetime is None else (
+            created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
+        rec = Record(conn, self._as_pool(), created, expires, self._out, self._collected_cb)
+        if self._configure is not None:
+            try:
+                self._run_configure(conn, rec)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._attempt_failed(exc, started)
+                raise
+        now = monotonic()
+        if self._on_connect:  # before anyone can check it out: events stay in order
+            self._emit(self._on_connect, ConnectEvent(self._as_pool(), conn, now - started, None))
+        with self._lock:
+            self._stats[CONNECTIONS_NUM] += 1
+            self._stats[CONNECT_TIME] += now - started
+            ended = self._backoff.succeeded(now)
+            if ended is not None:  # the outage is over: every parked slot opens now
+                self._retry_scheduled = False
+                while self._parked:
+                    self._parked -= 1
+                    self._queue_open()
+        if ended is not None:
+            outage, attempts, error = ended
+            logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
+                           self.name, outage, attempts)
+            if self._on_recovered:
+                self._emit(self._on_recovered,
+                           RecoveredEvent(self._as_pool(), outage, attempts, error))
+        return conn
+
+    def _run_configure(self, conn: Connection, rec: Record) -> None:
+        """Call ``configure`` on a new connection; it must leave no transaction open."""
+        rec.hook = True
+        try:
+            self._configure(conn)  # type: ignore[misc]
+        finally:
+            rec.hook = False
+        status = conn.get_transaction_status()
+        if status != _IDLE:
+            raise PoolError(f"the configure callable left the new connection in a transaction "
+                            f"(status {status}); commit it, or set autocommit, inside configure")
+
+    def _attempt_failed(self, exc: BaseException, started: float) -> None:
+        now = monotonic()
+        with self._lock:
+            self._stats[CONNECTIONS_ERRORS] += 1
+            began = self._backoff.failed(now, exc)
+            if began:
+                self._stats[OUTAGES] += 1
+        if self._on_connect:
+            self._emit(self._on_connect, ConnectEvent(self._as_pool(), None, now - started, exc))
+        if began and not self._starting and not self._closed:  # once per outage
+            logger.warning("pool %r: cannot open connections (%s: %s); callers that may wait "
+                           "keep waiting while the pool retries in the background",
+                           self.name, type(exc).__name__, one_line(exc))
+            if self._on_unavailable:
+                self._emit(self._on_unavailable, UnavailableEvent(self._as_pool(), exc))
+
+    # -- periodic: PruneIdle, RetireExpired ------------------------------------------------
+
+    def _start_upkeep(self) -> None:
+        """(Re)start the periodic tasks; an older chain sees its generation is stale."""
+        with self._lock:
+            if self._closed:
+                return
+            self._generation += 1
+            generation = self._generation
+        now = monotonic()
+        if self._idle_limit < _INF:
+            SCHEDULER.call_at(now + self._idle_limit, PruneIdle(self, generation))
+        if self.max_lifetime is not None:
+            SCHEDULER.call_at(now + self.max_lifetime * 0.9, RetireExpired(self, generation))
+
+    def _prune_idle_due(self, generation: int) -> float | None:
+        """PruneIdle: close what is idle past ``idle_timeout``; when to run next."""
+        limit = self._idle_limit
+        if generation != self._generation or self._closed or limit == _INF:
+            return None
+        now = monotonic()
+        with self._lock:
+            to_close = self._prune_idle(now)
+            self._ensure_opening()  # psycopg2-pool 1.2: then refill to minconn
+            oldest = self.return_times.get(self.idle_connections[0], now) \
+                if self.idle_connections else now
+        for conn in to_close:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
+        return oldest + limit + 0.005  # just past the moment the oldest one expires
+
+    def _prune_idle(self, now: float) -> list[Connection]:
+        """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""
+        idle = self.idle_connections
+        limit = self._idle_limit
+        pruned = []
+        while idle:
+            oldest = idle[0]
+            returned = self.return_times.get(oldest)
+            if returned is None or now - returned <= limit:
+                break
+            try:
+                popped = idle.popleft()
+            except IndexError:  # a lock-free getconn emptied it meanwhile
+                break
+            if popped is not oldest:  # a lock-free getconn took the oldest meanwhile
+                idle.appendleft(popped)
+                continue
+            self.return_times.pop(oldest, None)
+            pruned.append(oldest)
+        self._size -= len(pruned)
+        return pruned
+
+    def _retire_expired_due(self, generation: int) -> float | None:
+        """RetireExpired: close idle connections past their lifetime and replace them."""
+        lifetime = self.max_lifetime
+        if generation != self._generation or self._closed or lifetime is None:
+            return None
+        now = monotonic()
+        expired = []
+        with self._lock:
+            for conn in list(self.idle_connections):
+                if conn._pool_rec.expires <= now:
+                    try:
+                        self.idle_connections.remove(conn)
+                    except ValueError:  # a lock-free getconn took it meanwhile
+                        continue
+                    self.return_times.pop(conn, None)
+                    expired.append(conn)
+            self._size -= len(expired)
+            self._ensure_opening()
+            recs = [c._pool_rec for c in self.idle_connections] + list(self._out.values())
+        for conn in expired:
+            self._close_connection(conn, conn._pool_rec, DiscardReason.MAX_LIFETIME, now)
+        upcoming = [r.expires for r in recs if r.expires > now]
+        return min(upcoming, default=now + lifetime * 0.9) + 0.005
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _free_slot(self) -> None:
+        """A connection left the pool; open another in the background if waiters or
+        ``minconn`` need it (lock held)."""
+        self._size -= 1
+        self._ensure_opening()
+
+    def _close_connection(self, conn: Connection, rec: Record, reason: str, now: float) -> None:
+        """Close a connection already taken out of the books, and announce it."""
+        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone
+            conn.close()
+        with self._lock:
+            self._discards[reason] += 1
+        if self._on_discard:
+            self._emit(self._on_discard, DiscardEvent(self._as_pool(), conn, rec.conn_id,
+                                                      rec.backend_pid, reason, now - rec.created))
+
+    def _connection_collected(self, rec: Record) -> None:
+        """Weakref callback: a checked-out connection was garbage-collected (any thread).
+
+        It may run while this very thread holds the lock, so it only queues the record and
+        drains the queue if the lock is free at once.
+        """
+        self._collected.append(rec)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drain_collected()
+            finally:
+                self._lock.release()
+
+    def _drain_collected(self) -> None:
+        """Give back the slots of collected connections and announce them (lock held)."""
+        events = []
+        while self._collected:
+            rec = self._collected.popleft()
+            if rec.key is not None:
+                self._keys.pop(rec.key, None)
+            self._discards[DiscardReason.GARBAGE_COLLECTED] += 1
+            self._free_slot()
+            events.append(DiscardEvent(self._as_pool(), None, rec.conn_id, rec.backend_pid,
+                                       DiscardReason.GARBAGE_COLLECTED,
+                                       monotonic() - rec.created))
+        if events and self._on_discard:
+            self._lock.release()
+            try:
+                for event in events:
+                    self._emit(self._on_discard, event)
+            finally:
+                self._lock.acquire()
+
+
+__all__ = ["TASKS", "OpenConnection", "PruneIdle", "RetireExpired", "Upkeep"]

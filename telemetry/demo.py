@@ -14,15 +14,12 @@ import errno
 import io
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from psycopg2_pool import CheckoutEvent, ConnectionPool, PoolExhausted
+from psycopg2_pool.testing import embedded_server
 
 from .handle import instrument
 
@@ -73,35 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.port < 65536:
         parser.error("--port must be between 0 and 65535")
     return args
-
-
-@contextmanager
-def database(dsn: str | None, out: TextIO | None = None) -> Iterator[str]:
-    """The given server, or an embedded PostgreSQL (pgserver) removed on the way out.
-
-    Also used by the test suite and the benchmarks, so that there is one way to start one.
-    """
-    if dsn:
-        yield dsn
-        return
-    pgdata = tempfile.mkdtemp(prefix="psycopg2-pool-")
-    if out is not None:
-        print(f"Starting an embedded PostgreSQL in {pgdata} ...", file=out, flush=True)
-    with warnings.catch_warnings():
-        # platformdirs warns that XDG_RUNTIME_DIR is unset (a container, a cron job, ssh
-        # without a login session) and falls back to /tmp/runtime-$UID: fine for a throwaway
-        # server, and not worth being the first line a newcomer reads.
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
-        import pgserver
-
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
-        if out is not None:
-            print("Embedded PostgreSQL stopped and removed.", file=out, flush=True)
 
 
 class PortInUse(Exception):
@@ -413,7 +382,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         # The port first: a taken port stops the demo before any server is started.
         with metrics_endpoint(args.port) as (provider, port):
-            with database(args.dsn, cast(TextIO, console)) as dsn:
+            with embedded_server(args.dsn, cast(TextIO, console)) as dsn:
                 console.line(f"Prometheus metrics: http://127.0.0.1:{port}/metrics")
                 report = load(args, dsn, provider, console, stop)
             summary(console, report, port)

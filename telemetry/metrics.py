@@ -23,6 +23,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from psycopg2_pool import ConnectionPool, DiscardReason
+from psycopg2_pool import stats as keys
 from psycopg2_pool.events import ConnectEvent, PoolListener
 
 from . import names
@@ -129,17 +130,17 @@ class _SharedInstruments:
         # The first callback the SDK runs in a collection flushes the histograms and takes one
         # stats snapshot per pool; the others read that snapshot.
         observable(names.COUNT, self._observe_count)
-        observable(names.IDLE_MAX, self._gauge("pool_max"))
-        observable(names.IDLE_MIN, self._gauge("pool_min"))
-        observable(names.MAX, self._gauge("pool_max"))
-        observable(names.PENDING_REQUESTS, self._gauge("requests_waiting"))
-        observable(names.TIMEOUTS, self._gauge("timeouts"))
-        observable(names.EXHAUSTIONS, self._gauge("exhausted"))
-        observable(names.ERRORS, self._gauge("connections_errors"))
-        observable(names.ATTEMPTS, self._gauge("connections_num", "connections_errors"))
-        observable(names.OUTAGES, self._gauge("outages"))
-        observable(names.UNAVAILABLE_TIME, self._gauge("unavailable_s"))
-        observable(names.REFUSED, self._gauge("requests_refused"))
+        observable(names.IDLE_MAX, self._gauge(keys.POOL_MAX))
+        observable(names.IDLE_MIN, self._gauge(keys.POOL_MIN))
+        observable(names.MAX, self._gauge(keys.POOL_MAX))
+        observable(names.PENDING_REQUESTS, self._gauge(keys.REQUESTS_WAITING))
+        observable(names.TIMEOUTS, self._gauge(keys.TIMEOUTS))
+        observable(names.EXHAUSTIONS, self._gauge(keys.EXHAUSTED))
+        observable(names.ERRORS, self._gauge(keys.CONNECTIONS_ERRORS))
+        observable(names.ATTEMPTS, self._gauge(keys.CONNECTIONS_NUM, keys.CONNECTIONS_ERRORS))
+        observable(names.OUTAGES, self._gauge(keys.OUTAGES))
+        observable(names.UNAVAILABLE_TIME, self._gauge(keys.UNAVAILABLE_S))
+        observable(names.REFUSED, self._gauge(keys.REQUESTS_REFUSED))
         observable(names.LEAKS, self._gauge("leaks"))
         observable(names.DISCARDS, self._observe_discards)
 
@@ -162,9 +163,9 @@ class _SharedInstruments:
             if not stats:
                 continue
             attributes = metrics.attributes
-            observations.append(Observation(stats["pool_available"],
+            observations.append(Observation(stats[keys.POOL_AVAILABLE],
                                             {**attributes, names.STATE: "idle"}))
-            observations.append(Observation(stats["pool_in_use"],
+            observations.append(Observation(stats[keys.POOL_IN_USE],
                                             {**attributes, names.STATE: "used"}))
         self._snapshot = snapshot
         return observations
@@ -194,7 +195,7 @@ class _SharedInstruments:
         for metrics in self.pools:
             stats = self._stats(metrics)
             for reason in DiscardReason.ALL if stats else ():
-                out.append(Observation(stats.get(f"discarded_{reason}", 0),
+                out.append(Observation(stats.get(keys.discarded(reason), 0),
                                        {**metrics.attributes, names.REASON: reason}))
         return out
 
