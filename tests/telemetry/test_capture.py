@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from telemetry import stacks
+from tests.support.system import REQUIRE_BINARIES_ENV
 
 try:
     from telemetry import _capture
@@ -35,7 +36,7 @@ needs_c = pytest.mark.skipif(_capture is None, reason="telemetry._capture is not
 def test_the_c_part_is_built_where_ci_requires_it() -> None:
     # .ci/run installs with a compiler at hand: a build that silently fell back to Python
     # would make every checkout pay ~1 µs more.
-    if os.environ.get("PSYCOPG2_POOL_REQUIRE_BINARIES") != "1" and _capture is None:
+    if os.environ.get(REQUIRE_BINARIES_ENV) != "1" and _capture is None:
         pytest.skip("telemetry._capture is not built here")
     assert _capture is not None
     assert stacks.ACCELERATED is (os.environ.get(stacks.PURE_PYTHON_ENV) != "1")
