@@ -29,6 +29,9 @@ from common import ROOT, server
 from peers import BASELINE, THIS, Telemetry, peers
 
 FLOOR = "floor: 2 method calls, deque pop + append"
+#: The instrumented pool with the leak record made in Python, as where ``telemetry._capture``
+#: could not be compiled (``PSYCOPG2_POOL_PURE_PYTHON=1`` in its process).
+PURE = f"{THIS} + instrument(), pure Python"
 
 
 class Floor:
@@ -54,7 +57,8 @@ def child(name: str, dsn: str, cycles: int) -> None:
             floor.putconn(floor.getconn())
         return
     sdk = Telemetry(collect=False)  # no timer-driven work: it would depend on valgrind's pace
-    peer = next(p for p in peers(sdk) if p.name == name)
+    peer = next(p for p in peers(sdk) if p.name == (f"{THIS} + instrument()" if name == PURE
+                                                     else name))
     pool = peer.make(dsn, 1, 5.0)
     getconn, putconn = peer.getconn, peer.putconn
     for _ in range(100):  # warm up: first-use paths and caches
@@ -72,7 +76,9 @@ def instructions(valgrind: str, name: str, dsn: str, cycles: int) -> int:
         result = subprocess.run(
             [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
              sys.executable, __file__, "--child", name, "--dsn", dsn, "--cycles", str(cycles)],
-            capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
+            capture_output=True, text=True, env=dict(
+                os.environ, PYTHONHASHSEED="0",
+                PSYCOPG2_POOL_PURE_PYTHON="1" if name == PURE else "0"))
         if result.returncode:
             raise SystemExit(f"valgrind failed for {name}: {result.stderr[-2000:]}")
         match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
@@ -145,7 +151,7 @@ def main() -> None:
         lines.append(text)
 
     sdk = Telemetry(collect=False)
-    names = [p.name for p in peers(sdk) if not p.traced] + [FLOOR]
+    names = [p.name for p in peers(sdk) if not p.traced] + [PURE, FLOOR]
     sdk.shutdown()
     names = [n for n in names if args.only in n]
     long_cycles = args.cycles * 11

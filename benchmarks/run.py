@@ -9,7 +9,7 @@ give medians and ratios of the same run (absolute times on a shared 2-core VM ar
   fixed time: throughput, errors (pools that cannot wait raise; the thread retries), and the
   latency of ``getconn``;
 - telemetry: this pool with ``instrument()`` (leak detection off, on, inside a recording trace)
-  runs in every scenario above; plus the leak detector's checkout-site capture, and the cost per
+  runs in every scenario above; plus the leak detector's checkout record, and the cost per
   latency of recording histograms off the hot path against ``Histogram.record()``;
 - memory: RSS before and after 1,000,000 cycles with ``instrument()`` on;
 - targets: issues 8's and 13's, each measured in this run, met or not.
@@ -131,31 +131,49 @@ def timed(scenario: Scenario, peer: Peer, pool: Any) -> float:
 
 def paired_ratio(scenario: Scenario, peer: Peer, pool: Any, sdk: Telemetry,
                  pairs: int) -> float:
-    """``instrument()``'s cost on one pool: the median over ``pairs`` back-to-back short
-    batches, one with the pool instrumented and one without (alternating which goes first),
-    of the instrumented batch's time over the bare one's. The same pool, so the same server
-    backends: on these VMs a backend's round trip flips between ~25 and ~180 µs as the
-    scheduler moves it, which would otherwise be measured instead of the telemetry."""
+    """``instrument()``'s cost per cycle on one pool: the median over ``pairs`` back-to-back
+    short batches, one with the pool instrumented and one without (alternating which goes
+    first), of the instrumented batch's time over the bare one's.
+
+    The same pool, so the same server backends: on these VMs a backend's round trip flips
+    between ~25 and ~180 µs as the scheduler moves it, which would otherwise be measured
+    instead of the telemetry. The pool is instrumented once, and between batches only the
+    handle's listeners are detached and attached again (``remove_listener``/
+    ``add_listener``): instrumenting anew for every ~15 ms batch would also time what an
+    application pays once per pool (the handle, its instruments, starting the background
+    worker), a few per cent of such a batch, and not the cycle.
+    """
     from telemetry import instrument
 
     batch = Scenario(scenario.name, scenario.work, scenario.threads,
                      max(1, 200 // scenario.threads))  # ~200 cycles a batch
+    handle = instrument(pool, meter_provider=sdk.meter_provider,
+                        tracer_provider=sdk.tracer_provider, leak_threshold=30.0)
+    listeners = pool.listeners
+
+    def detach() -> None:
+        for listener in listeners:
+            pool.remove_listener(listener)
 
     def instrumented() -> float:
-        handle = instrument(pool, meter_provider=sdk.meter_provider,
-                            tracer_provider=sdk.tracer_provider, leak_threshold=30.0)
+        for listener in listeners:
+            pool.add_listener(listener)
         try:
             return timed(batch, peer, pool)
         finally:
-            handle.uninstrument()
+            detach()
 
+    detach()
     ratios = []
-    for index in range(pairs):
-        if index % 2:
-            time_b, time_a = instrumented(), timed(batch, peer, pool)
-        else:
-            time_a, time_b = timed(batch, peer, pool), instrumented()
-        ratios.append(time_b / time_a)
+    try:
+        for index in range(pairs):
+            if index % 2:
+                time_b, time_a = instrumented(), timed(batch, peer, pool)
+            else:
+                time_a, time_b = timed(batch, peer, pool), instrumented()
+            ratios.append(time_b / time_a)
+    finally:
+        handle.uninstrument()
     return statistics.median(ratios)
 
 
@@ -217,19 +235,31 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- the smaller measurements ----------------------------------------------------------------
 
-def capture_cost(samples: int) -> float:
-    """µs per checkout-site capture, from a 10-frame-deep stack."""
+def capture_cost(samples: int) -> dict[str, float]:
+    """µs per leak record (what a checkout pays for the leak detector), from a 10-frame-deep
+    stack: the C record where it is built, and the Python one."""
+    import sys as _sys
+
     from telemetry import stacks
 
-    def deep(level: int) -> float:
+    class Conn:  # something a weak reference can point at, like a connection
+        pass
+
+    conn, table = Conn(), dict[int, tuple[Any, ...]]()
+    makers = {"C (telemetry._capture)": stacks.record} if stacks.ACCELERATED else {}
+    makers["Python"] = stacks.py_record
+
+    def deep(level: int, record: stacks.Record) -> float:
         if level:
-            return deep(level - 1)
+            return deep(level - 1, record)
+        frame = _sys._getframe()
         started = time.perf_counter()
         for _ in range(samples):
-            stacks.capture(1)
+            record(table, conn, frame, stacks.MAX_FRAMES, None)
         return (time.perf_counter() - started) / samples * 1e6
 
-    return statistics.median(deep(8) for _ in range(5))
+    return {name: statistics.median(deep(8, record) for _ in range(5))
+            for name, record in makers.items()}
 
 
 def histogram_costs(sdk: Telemetry, values: int) -> tuple[float, float]:
@@ -450,8 +480,9 @@ def main() -> None:
                   [(name, throughput[name]) for name in throughput])
     say("## Telemetry costs off the table")
     say()
-    say(f"- Leak detector's checkout-site capture, from a 10-frame stack: "
-        f"{capture_us:.2f} µs per checkout.")
+    say("- Leak detector's record of a checkout (stack, time, thread, span), from a 10-frame "
+        "stack: " + ", ".join(f"{name} {us:.2f} µs" for name, us in capture_us.items())
+        + " per checkout.")
     say(f"- A latency into an SDK histogram: `Histogram.record()` {record_us:.2f} µs per value; "
         f"the telemetry's bulk merge (off the hot path) {bulk_us:.2f} µs per value.")
     growth = after - before

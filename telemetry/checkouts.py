@@ -4,9 +4,10 @@ Every ``getconn`` and ``putconn`` of an instrumented pool pays for what runs her
 leak record, the latency buffers and the span decision share one call and one context lookup
 (a listener call costs ~0.15 µs, ``trace.get_current_span()`` ~0.4 µs):
 
-- checkout: the leak record (the stack as code/offset pairs, the time, the thread, the span
-  current then), the wait time appended to the metrics buffer, and a ``getconn`` span only
-  when the checkout waited or opened a connection (or always, ``checkout_spans="all"``);
+- checkout: the leak record (the stack as code/offset pairs, walked in C where built, the
+  time, the thread, the span current then), the wait time appended to the metrics buffer,
+  and a ``getconn`` span only when the checkout waited or opened a connection (or always,
+  ``checkout_spans="all"``);
 - checkin: the record popped, the use time appended; a checkout that was reported as a
   suspected leak is reported as returned.
 
@@ -17,11 +18,7 @@ report is made, at collection, or on the background worker (:mod:`telemetry.work
 from __future__ import annotations
 
 import sys
-import threading
-import weakref
 from collections.abc import Callable
-from time import monotonic
-from types import FrameType
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -34,6 +31,7 @@ from .leaks import LeakDetector
 from .metrics import BACKLOG, PoolMetrics
 from .spans import PoolSpans
 from .stacks import MAX_FRAMES
+from .stacks import record as _record
 
 #: Which checkouts get a ``getconn`` span inside a recording trace (``instrument()``'s
 #: ``checkout_spans``): those that waited or opened a connection, every one, or none.
@@ -41,10 +39,6 @@ CHECKOUT_SPANS = ("waited", "all", "none")
 
 _INVALID_SPAN = trace.INVALID_SPAN
 _getframe = sys._getframe
-_get_ident = threading.get_ident
-_threads_get = threading._active.get  # type: ignore[attr-defined]  # current_thread()'s table
-_current_thread = threading.current_thread
-_ref = weakref.ref
 
 
 def _context_getter() -> Callable[[], Any]:
@@ -89,22 +83,12 @@ class CheckoutRecorder:
     def on_checkout_fields(self, pool: Any, conn: Any, wait_time: float, waited: bool,
                            opened: bool) -> None:
         span = _get_context().get(_SPAN_KEY, _INVALID_SPAN)
-        # The stack, innermost first, as a flat list code, offset, code, offset... (one
-        # allocation, not a tuple per frame: fewer objects for the garbage collector), from
-        # the frame above the pool's getconn (_getframe(2) materializes only that frame; the
-        # pool's frames that a slower path adds are trimmed when a report is made).
-        frame: FrameType | None = _getframe(2)
-        frames: list[Any] = []
-        append = frames.append
-        for _ in range(MAX_FRAMES):
-            if frame is None:
-                break
-            append(frame.f_code)
-            append(frame.f_lasti)
-            frame = frame.f_back
-        # A Checkout's fields as a plain tuple: the detector wraps it when it reads it.
-        self._out[id(conn)] = (_ref(conn), frames, monotonic(),
-                               _threads_get(_get_ident()) or _current_thread(), span)
+        # The leak record, in C where built (stacks.record): the stack from the frame above
+        # the pool's getconn (_getframe(2) materializes only that frame; the pool's frames
+        # that a slower path adds are trimmed when a report is made) as one flat tuple code,
+        # offset, code, offset..., the time, the thread and the span, as a plain tuple of a
+        # Checkout's fields (the detector wraps it when it reads it).
+        _record(self._out, conn, _getframe(2), MAX_FRAMES, span)
         buffer = self._wait_times
         buffer.append(wait_time)
         if len(buffer) > BACKLOG:  # checked here for both buffers: they grow together
@@ -114,13 +98,10 @@ class CheckoutRecorder:
 
     def on_checkin_fields(self, pool: Any, conn: Any, use_time: float, kept: bool,
                           reason: str | None) -> None:
-        conn_id = id(conn)
-        checkout = self._out.pop(conn_id, None)
+        checkout = self._out.pop(id(conn), None)
         self._use_times.append(use_time)
-        if self._expected:
-            self._expected.pop(conn_id, None)
-        if self._reported and conn_id in self._reported:
-            self._detector.returned(conn_id, checkout, conn, use_time)
+        if self._expected or self._reported:  # rare: some checkout was declared or reported
+            self._detector.returned(id(conn), checkout, conn, use_time)
 
     def _checkout_metrics_only(self, pool: Any, conn: Any, wait_time: float, waited: bool,
                                opened: bool) -> None:

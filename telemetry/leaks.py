@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +47,7 @@ class Checkout(NamedTuple):
     (:class:`telemetry.checkouts.CheckoutRecorder` makes it)."""
 
     conn_ref: weakref.ref[Any]
-    raw_stack: list[Any]  # code, offset, code, offset... innermost first (one allocation)
+    raw_stack: Sequence[Any]  # code, offset, code, offset... innermost first (stacks.record)
     since: float
     thread: threading.Thread  # its name is read when a report is made
     span: Any  # the span current at checkout (its trace id is read when a report is made)
@@ -55,8 +55,7 @@ class Checkout(NamedTuple):
     @property
     def frames(self) -> stacks.Frames:
         """The checkout stack as (code, offset) pairs, innermost first."""
-        raw = self.raw_stack
-        return tuple(zip(raw[::2], raw[1::2], strict=True))
+        return stacks.pairs(self.raw_stack)
 
 
 _new_checkout = tuple.__new__
@@ -129,7 +128,12 @@ class LeakDetector(PoolListener):
 
     def returned(self, conn_id: int, checkout: tuple[Any, ...] | None, conn: Any,
                  use_time: float) -> None:
-        """A checkout reported as a suspected leak came back: say so (and how long it was)."""
+        """A checkout came back while some checkout is declared long or was reported: forget
+        its declaration, and if it was reported as a suspected leak, say it came back (and
+        how long it was out)."""
+        self._expected.pop(conn_id, None)
+        if conn_id not in self._reported:
+            return
         self._reported.discard(conn_id)
         if checkout is not None:
             self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, _new_checkout(
