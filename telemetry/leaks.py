@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from psycopg2_pool.leakcheck import LeakChecker
 
 
-class Checkout(NamedTuple):
+class TracedCheckout(NamedTuple):
     """One checkout as a report reads it: what the pool recorded of it
     (:meth:`psycopg2_pool.ConnectionPool.checkouts`), and the span current then."""
 
@@ -109,7 +109,7 @@ class LeakDetector(PoolListener):
         self._spans: dict[int, Any] = {}
         # Checkouts reported past the threshold, kept without their connection (the
         # garbage collector must still be able to take a leaked one).
-        self._reported: dict[int, Checkout] = {}
+        self._reported: dict[int, TracedCheckout] = {}
         self._expected: dict[int, str] = {}  # checkouts declared long: the reason
         self._lock = threading.Lock()
         self.leak_count = 0
@@ -125,7 +125,7 @@ class LeakDetector(PoolListener):
 
     # -- the checkout path is telemetry.checkouts': it writes these tables ----------------------
 
-    def tables(self) -> tuple[dict[int, Any], dict[int, Checkout], dict[int, str]]:
+    def tables(self) -> tuple[dict[int, Any], dict[int, TracedCheckout], dict[int, str]]:
         """By ``id(connection)``: the spans of checkouts made inside a trace, the checkouts
         reported past the threshold, and the expected long holds with their reasons (for
         the checkout recorder)."""
@@ -142,13 +142,13 @@ class LeakDetector(PoolListener):
             self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, checkout, conn,
                          held_s=round(use_time, 3))
 
-    def _checkouts(self) -> list[tuple[int, Checkout]]:
+    def _checkouts(self) -> list[tuple[int, TracedCheckout]]:
         """The live checkouts the pool kept a stack for, by connection id."""
         pool = self._pool()
         if pool is None:
             return []
         spans = self._spans
-        return [(c.connection_id, Checkout(c.connection, c.stack, c.since, c.thread,
+        return [(c.connection_id, TracedCheckout(c.connection, c.stack, c.since, c.thread,
                                            spans.get(c.connection_id)))
                 for c in pool.checkouts() if c.stack is not None]
 
@@ -163,7 +163,7 @@ class LeakDetector(PoolListener):
         if event.reason != DiscardReason.GARBAGE_COLLECTED or kept is None \
                 or kept.stack is None:
             return
-        checkout = Checkout(None, kept.stack, kept.since, kept.thread, span)
+        checkout = TracedCheckout(None, kept.stack, kept.since, kept.thread, span)
         if not reported:  # counted once, whether reported first or only now
             with self._lock:
                 self.leak_count += 1
@@ -254,7 +254,7 @@ class LeakDetector(PoolListener):
         return [leak for when, leak in list(self.collected)
                 if when >= started and leak.since >= started]
 
-    def _snapshot(self, conn_id: int, checkout: Checkout, conn: Any, *,
+    def _snapshot(self, conn_id: int, checkout: TracedCheckout, conn: Any, *,
                   now: float | None = None, backend_pid: int = 0) -> Leak:
         held = (monotonic() if now is None else now) - checkout.since
         frames, omitted = stacks.extract(checkout.frames)
@@ -264,7 +264,7 @@ class LeakDetector(PoolListener):
                     conn_id in self._reported, self._expected.get(conn_id), frames, omitted,
                     checkout.since)
 
-    def _report(self, level: str, event: str, conn_id: int, checkout: Checkout, conn: Any,
+    def _report(self, level: str, event: str, conn_id: int, checkout: TracedCheckout, conn: Any,
                 *, backend_pid: int = 0, **fields: Any) -> None:
         # Formatted here, only when a report is made. The stack goes out twice, each in
         # structlog's own convention: ``stack``, a string that ConsoleRenderer prints as a
@@ -291,14 +291,14 @@ def holders_note(holders: list[dict[str, object]]) -> str:
     return f"connections checked out by: {'; '.join(parts)}"
 
 
-def _thread_name(checkout: Checkout) -> str:
+def _thread_name(checkout: TracedCheckout) -> str:
     thread = checkout.thread
     if thread is None:
         return "<unknown>"
     return thread.name if thread.is_alive() else f"{thread.name} (ended)"
 
 
-def _trace_id(checkout: Checkout) -> str | None:
+def _trace_id(checkout: TracedCheckout) -> str | None:
     if checkout.span is None:
         return None
     context = checkout.span.get_span_context()
