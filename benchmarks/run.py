@@ -9,7 +9,7 @@ give medians and ratios of the same run (absolute times on a shared 2-core VM ar
   fixed time: throughput, errors (pools that cannot wait raise; the thread retries), and the
   latency of ``getconn``;
 - telemetry: this pool with ``instrument()`` (leak detection off, on, inside a recording trace)
-  runs in every scenario above; plus the leak detector's checkout record, and the cost per
+  runs in every scenario above; plus the leak detector's checkout stack, and the cost per
   latency of recording histograms off the hot path against ``Histogram.record()``;
 - memory: RSS before and after 1,000,000 cycles with ``instrument()`` on;
 - targets: issues 8's and 13's, each measured in this run, met or not.
@@ -236,30 +236,27 @@ def percentile(values: list[float], q: float) -> float:
 # -- the smaller measurements ----------------------------------------------------------------
 
 def capture_cost(samples: int) -> dict[str, float]:
-    """µs per leak record (what a checkout pays for the leak detector), from a 10-frame-deep
-    stack: the C record where it is built, and the Python one."""
+    """µs per checkout-stack walk (what a checkout pays for the leak detector's stack, on the
+    pool's record), from a 10-frame-deep stack: in C where it is built, and in Python."""
     import sys as _sys
 
-    from telemetry import stacks
+    from psycopg2_pool import stacks
+    from telemetry.stacks import MAX_FRAMES
 
-    class Conn:  # something a weak reference can point at, like a connection
-        pass
+    walks = {"C (psycopg2_pool._capture)": stacks.stack} if stacks.ACCELERATED else {}
+    walks["Python"] = stacks.py_stack
 
-    conn, table = Conn(), dict[int, tuple[Any, ...]]()
-    makers = {"C (telemetry._capture)": stacks.record} if stacks.ACCELERATED else {}
-    makers["Python"] = stacks.py_record
-
-    def deep(level: int, record: stacks.Record) -> float:
+    def deep(level: int, walk: stacks.StackWalk) -> float:
         if level:
-            return deep(level - 1, record)
+            return deep(level - 1, walk)
         frame = _sys._getframe()
         started = time.perf_counter()
         for _ in range(samples):
-            record(table, conn, frame, stacks.MAX_FRAMES, None)
+            walk(frame, MAX_FRAMES)
         return (time.perf_counter() - started) / samples * 1e6
 
-    return {name: statistics.median(deep(8, record) for _ in range(5))
-            for name, record in makers.items()}
+    return {name: statistics.median(deep(8, walk) for _ in range(5))
+            for name, walk in walks.items()}
 
 
 def histogram_costs(sdk: Telemetry, values: int) -> tuple[float, float]:
@@ -480,7 +477,7 @@ def main() -> None:
                   [(name, throughput[name]) for name in throughput])
     say("## Telemetry costs off the table")
     say()
-    say("- Leak detector's record of a checkout (stack, time, thread, span), from a 10-frame "
+    say("- Leak detector's checkout stack (walked by the pool onto its record), from a 10-frame "
         "stack: " + ", ".join(f"{name} {us:.2f} µs" for name, us in capture_us.items())
         + " per checkout.")
     say(f"- A latency into an SDK histogram: `Histogram.record()` {record_us:.2f} µs per value; "

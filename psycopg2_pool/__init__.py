@@ -12,6 +12,7 @@ from .connection import PooledConnection
 from .errors import PoolClosed, PoolError, PoolExhausted, ServerUnavailable, TooManyRequests
 from .events import (
     CheckinEvent,
+    Checkout,
     CheckoutEvent,
     CloseEvent,
     ConnectEvent,
@@ -36,6 +37,7 @@ __version__ = "2.0.0.dev0"
 __all__ = [
     "AbstractConnectionPool",
     "CheckinEvent",
+    "Checkout",
     "CheckoutEvent",
     "CloseEvent",
     "ConnectEvent",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Hashable
 from functools import cache
@@ -54,6 +55,8 @@ class Record:
         "ref",
         "returned_at",
         "since",
+        "stack",
+        "thread",
     )
 
     def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
@@ -70,6 +73,10 @@ class Record:
         self.expires = expires
         self.since = 0.0  # time of the last checkout
         self.returned_at = 0.0  # time it last became idle (slow checkout path only)
+        # Who took it, kept at each checkout while a listener asks (checkout_stack_depth):
+        # the stack as psycopg2_pool.stacks walks it, and the thread.
+        self.stack: tuple[Any, ...] | None = None
+        self.thread: threading.Thread | None = None
         self.key: Hashable | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 

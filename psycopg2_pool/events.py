@@ -20,6 +20,7 @@ the simple one.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +84,24 @@ class TimeoutEvent(NamedTuple):
     error: BaseException  #: the ``PoolExhausted`` about to be raised (listeners may add notes)
 
 
+class Checkout(NamedTuple):
+    """One checkout as the pool recorded it (:meth:`ConnectionPool.checkouts`).
+
+    ``stack`` and ``thread`` are kept only while a listener asks for them with a
+    ``checkout_stack_depth`` attribute (the leak detector does): None otherwise.
+    """
+
+    connection_id: int  #: ``id()`` of the connection
+    connection: Any  #: None in the ``checkout`` of a garbage-collected connection's event
+    backend_pid: int  #: the server process that serves it (0 if unknown)
+    since: float  #: ``time.monotonic()`` at the checkout
+    #: ``(code, offset, code, offset, ...)`` from the frame that called ``getconn`` outwards
+    #: (a slower path adds the pool's own frames first), at most ``checkout_stack_depth``
+    #: frames (:mod:`psycopg2_pool.stacks`)
+    stack: tuple[Any, ...] | None
+    thread: threading.Thread | None  #: the thread that checked it out
+
+
 class DiscardEvent(NamedTuple):
     """The pool closed a connection, or lost one to the garbage collector."""
 
@@ -92,6 +111,8 @@ class DiscardEvent(NamedTuple):
     backend_pid: int  #: the server process that served it (0 if unknown)
     reason: str  #: a :class:`DiscardReason`
     age: float  #: seconds since it was opened
+    #: For a connection garbage-collected while checked out: that checkout (who took it).
+    checkout: Checkout | None = None
 
 
 class UnavailableEvent(NamedTuple):
@@ -126,7 +147,14 @@ class PoolListener:
 
     Each method receives one event. Methods run on the caller's thread: keep them short and
     never block (hand expensive work to another thread).
+
+    A listener may also set ``checkout_stack_depth`` (an int, 0 by default): while one
+    attached listener sets it > 0, the pool keeps on each checkout the stack that took the
+    connection, that many frames deep, and the thread (:meth:`ConnectionPool.checkouts`).
     """
+
+    #: Frames of the checkout stack the pool should keep for this listener (0: none).
+    checkout_stack_depth: int = 0
 
     def on_connect(self, event: ConnectEvent) -> None:
         """A connection was opened, or failed to open."""
@@ -165,6 +193,6 @@ class PoolListener:
 HOOKS = ("on_connect", "on_checkout_fields", "on_checkout", "on_checkin_fields", "on_checkin",
          "on_timeout", "on_discard", "on_unavailable", "on_recovered", "on_close")
 
-__all__ = ["CheckinEvent", "CheckoutEvent", "CloseEvent", "ConnectEvent", "DiscardEvent",
-           "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent", "TimeoutEvent",
-           "UnavailableEvent"]
+__all__ = ["CheckinEvent", "Checkout", "CheckoutEvent", "CloseEvent", "ConnectEvent",
+           "DiscardEvent", "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent",
+           "TimeoutEvent", "UnavailableEvent"]

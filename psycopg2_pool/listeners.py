@@ -2,7 +2,9 @@
 
 ``add_listener`` looks each ``on_*`` method up once and keeps, per hook, a tuple of the
 bound methods to call (``_on_checkout``, ...); a hook nobody listens to is an empty tuple, so
-the pool tests one attribute and builds no event. :class:`Listeners` is a base class of
+the pool tests one attribute and builds no event. It also notes the deepest
+``checkout_stack_depth`` a listener asks for (``_stack_depth``): the checkout stacks the pool
+then keeps on its records. :class:`Listeners` is a base class of
 :class:`~psycopg2_pool.pool.ConnectionPool` rather than an object it holds: the fast paths of
 ``getconn``/``putconn`` read those tuples straight off the pool and inline the dispatch loop,
 with no extra attribute hop per checkout.
@@ -13,10 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .events import HOOKS, PoolListener
 from .stats import LISTENER_ERRORS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Record
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -31,6 +36,7 @@ class Listeners:
     # its name (for the log line of a failing listener).
     _lock: threading.Lock
     _stats: dict[str, float]
+    _out: dict[int, Record]  # the checked-out connections' records
     name: str
 
     def _init_listeners(self) -> None:
@@ -41,6 +47,7 @@ class Listeners:
         self._on_checkout_fields: tuple[Callable[..., None], ...] = ()
         self._on_checkin_fields: tuple[Callable[..., None], ...] = ()
         self._checkout_hooked = self._checkin_hooked = False
+        self._stack_depth = 0  # the most checkout_stack_depth a listener asks for
         self._on_timeout: Methods = ()
         self._on_discard: Methods = ()
         self._on_unavailable: Methods = ()
@@ -54,6 +61,10 @@ class Listeners:
                             f"{listener.__name__}; pass an instance: {listener.__name__}()")
         if not any(callable(getattr(listener, hook, None)) for hook in HOOKS):
             raise TypeError(f"a listener needs at least one of the methods {', '.join(HOOKS)}")
+        depth = getattr(listener, "checkout_stack_depth", 0)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise TypeError(f"a listener's checkout_stack_depth is a number of frames (an int "
+                            f">= 0, 0 for none); got {depth!r}")
         with self._lock:
             if listener in self._listeners:
                 raise ValueError("this listener is already attached to the pool")
@@ -81,8 +92,20 @@ class Listeners:
                     continue  # PoolListener's no-op: skip it, it costs a call per event
                 methods.append(method)
             setattr(self, f"_{hook}", tuple(methods))
-        self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields)
+        depth = max((getattr(x, "checkout_stack_depth", 0) for x in listeners), default=0)
+        if depth != self._stack_depth:
+            # Stacks kept under the old depth (or none) no longer describe what is asked for.
+            self._forget_stacks()
+            self._stack_depth = depth
+        # Checkout stacks are kept inside the checkout dispatch: asking for them hooks it.
+        self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields or depth)
         self._checkin_hooked = bool(self._on_checkin or self._on_checkin_fields)
+
+    def _forget_stacks(self) -> None:
+        """Drop the stack and thread kept for each checked-out connection (an idle one's are
+        replaced at its next checkout)."""
+        for rec in list(self._out.values()):
+            rec.stack = rec.thread = None
 
     def _emit_fields(self, methods: tuple[Callable[..., None], ...], *fields: Any) -> None:
         """Call the fields form of a hook (slow paths; the fast ones inline it)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -51,6 +52,7 @@ from .errors import (
 )
 from .events import (
     CheckinEvent,
+    Checkout,
     CheckoutEvent,
     CloseEvent,
     DiscardReason,
@@ -67,6 +69,7 @@ from .options import (
 )
 from .reconnect import NOT_ANSWERING
 from .scheduler import SCHEDULER
+from .stacks import stack as _stack
 from .stats import EXHAUSTED, REQUESTS_REFUSED, ROLLBACKS, TIMEOUTS, WAIT_TIME, WAITS
 from .upkeep import Upkeep
 
@@ -74,6 +77,11 @@ logger = logging.getLogger("psycopg2_pool")
 
 #: Builds an event (a NamedTuple) without the Python-level ``__new__`` NamedTuple adds.
 _new_event = tuple.__new__
+# Who checks a connection out, where a listener asks (checkout_stack_depth): C calls only.
+_getframe = sys._getframe
+_get_ident = threading.get_ident
+_threads_get = threading._active.get  # type: ignore[attr-defined]  # current_thread()'s table
+_current_thread = threading.current_thread
 
 _IDLE = extensions.TRANSACTION_STATUS_IDLE
 _ACTIVE = extensions.TRANSACTION_STATUS_ACTIVE
@@ -272,6 +280,9 @@ class ConnectionPool(Upkeep):
                         self._discard(conn, rec, reason)
                         return self._getconn_slow(None, timeout, counted=True)
                 if self._checkout_hooked:  # inlined dispatch: the path every checkout takes
+                    if self._stack_depth:  # a listener asks who takes connections
+                        rec.stack = _stack(_getframe(1), self._stack_depth)
+                        rec.thread = _threads_get(_get_ident()) or _current_thread()
                     for method in self._on_checkout_fields:
                         try:
                             method(self, conn, 0.0, False, False)
@@ -437,6 +448,18 @@ class ConnectionPool(Upkeep):
         """True once :meth:`close` was called."""
         return self._closed
 
+    def checkouts(self) -> list[Checkout]:
+        """The checked-out connections as the pool recorded their checkout (a snapshot):
+        when, and, while a listener asks for it (``checkout_stack_depth``), who took them."""
+        out = []
+        for rec in list(self._out.values()):
+            conn = rec.ref()
+            checkout = _new_event(Checkout, (rec.conn_id, conn, rec.backend_pid, rec.since,
+                                             rec.stack, rec.thread))
+            if conn is not None and rec.is_out():  # still out once its fields were read
+                out.append(checkout)
+        return out
+
     @property
     def connections_in_use(self) -> frozenset[Connection]:
         """The checked-out connections (a snapshot; psycopg2-pool 1.2 kept a WeakSet)."""
@@ -560,6 +583,10 @@ class ConnectionPool(Upkeep):
                      ) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
         if self._checkout_hooked:
+            if self._stack_depth:  # from here: the pool's own frames are trimmed by readers
+                rec = conn._pool_rec
+                rec.stack = _stack(_getframe(1), self._stack_depth)
+                rec.thread = _threads_get(_get_ident()) or _current_thread()
             wait = monotonic() - started if started else 0.0
             waited = bool(started) and not opened
             self._emit_fields(self._on_checkout_fields, conn, wait, waited, opened)

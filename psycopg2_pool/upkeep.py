@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING, Any, cast
 from ._driver import extensions, psycopg2
 from .connection import Record
 from .errors import PoolError, one_line
-from .events import ConnectEvent, DiscardEvent, DiscardReason, RecoveredEvent, UnavailableEvent
+from .events import (
+    Checkout,
+    ConnectEvent,
+    DiscardEvent,
+    DiscardReason,
+    RecoveredEvent,
+    UnavailableEvent,
+)
 from .listeners import Listeners
 from .reconnect import Backoff
 from .scheduler import SCHEDULER
@@ -548,7 +555,9 @@ class Upkeep(Listeners):
             self._free_slot()
             events.append(DiscardEvent(self._as_pool(), None, rec.conn_id, rec.backend_pid,
                                        DiscardReason.GARBAGE_COLLECTED,
-                                       monotonic() - rec.created))
+                                       monotonic() - rec.created,
+                                       Checkout(rec.conn_id, None, rec.backend_pid, rec.since,
+                                                rec.stack, rec.thread)))
         if events and self._on_discard:
             self._lock.release()
             try:

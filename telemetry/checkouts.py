@@ -1,15 +1,20 @@
 """The telemetry's one listener on the checkout path.
 
 Every ``getconn`` and ``putconn`` of an instrumented pool pays for what runs here, so the
-leak record, the latency buffers and the span decision share one call and one context lookup
-(a listener call costs ~0.15 µs, ``trace.get_current_span()`` ~0.4 µs):
+latency buffers, the span decision and the leak detector's share share one call and one
+context lookup (a listener call costs ~0.15 µs, ``trace.get_current_span()`` ~0.4 µs):
 
-- checkout: the leak record (the stack as code/offset pairs, walked in C where built, the
-  time, the thread, the span current then), the wait time appended to the metrics buffer,
-  and a ``getconn`` span only when the checkout waited or opened a connection (or always,
-  ``checkout_spans="all"``);
-- checkin: the record popped, the use time appended; a checkout that was reported as a
-  suspected leak is reported as returned.
+- checkout: the wait time appended to the metrics buffer; inside a trace, the span current
+  then, kept for leak reports; and a ``getconn`` span only when the checkout waited or
+  opened a connection (or always, ``checkout_spans="all"``);
+- checkin: the use time appended; a checkout that was reported as a suspected leak is
+  reported as returned.
+
+The rest of a leak record (the stack that took the connection, the time, the thread) is not
+made here: the pool keeps it on its own record of each checkout, which it has anyway, while
+the leak detector asks for it (``checkout_stack_depth``; the stack walked in C where built,
+:mod:`psycopg2_pool.stacks`), and the detector reads it off the hot path
+(``pool.checkouts()``).
 
 Formatting stacks, recording histograms and scanning for leaks happen off this path: when a
 report is made, at collection, or on the background worker (:mod:`telemetry.worker`).
@@ -17,7 +22,6 @@ report is made, at collection, or on the background worker (:mod:`telemetry.work
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,15 +34,12 @@ from psycopg2_pool.events import CheckoutEvent
 from .leaks import LeakDetector
 from .metrics import BACKLOG, PoolMetrics
 from .spans import PoolSpans
-from .stacks import MAX_FRAMES
-from .stacks import record as _record
 
 #: Which checkouts get a ``getconn`` span inside a recording trace (``instrument()``'s
 #: ``checkout_spans``): those that waited or opened a connection, every one, or none.
 CHECKOUT_SPANS = ("waited", "all", "none")
 
 _INVALID_SPAN = trace.INVALID_SPAN
-_getframe = sys._getframe
 
 
 def _context_getter() -> Callable[[], Any]:
@@ -75,7 +76,7 @@ class CheckoutRecorder:
         self._no_span = checkout_spans == "none"
         if detector is not None:  # the detector's own tables, written here directly
             self._detector = detector
-            self._out, self._reported, self._expected = detector.tables()
+            self._trace_spans, self._reported, self._expected = detector.tables()
         else:  # nothing to record: the cheaper methods
             self.on_checkout_fields = self._checkout_metrics_only  # type: ignore[method-assign]
             self.on_checkin_fields = self._checkin_metrics_only  # type: ignore[method-assign]
@@ -83,12 +84,10 @@ class CheckoutRecorder:
     def on_checkout_fields(self, pool: Any, conn: Any, wait_time: float, waited: bool,
                            opened: bool) -> None:
         span = _get_context().get(_SPAN_KEY, _INVALID_SPAN)
-        # The leak record, in C where built (stacks.record): the stack from the frame above
-        # the pool's getconn (_getframe(2) materializes only that frame; the pool's frames
-        # that a slower path adds are trimmed when a report is made) as one flat tuple code,
-        # offset, code, offset..., the time, the thread and the span, as a plain tuple of a
-        # Checkout's fields (the detector wraps it when it reads it).
-        _record(self._out, conn, _getframe(2), MAX_FRAMES, span)
+        # The rest of the leak record (the stack, the time, the thread) is kept by the pool
+        # on its own record of the checkout, which the detector reads (pool.checkouts()).
+        if span is not _INVALID_SPAN:  # inside a trace: leak reports and holders name it
+            self._trace_spans[id(conn)] = span
         buffer = self._wait_times
         buffer.append(wait_time)
         if len(buffer) > BACKLOG:  # checked here for both buffers: they grow together
@@ -98,10 +97,11 @@ class CheckoutRecorder:
 
     def on_checkin_fields(self, pool: Any, conn: Any, use_time: float, kept: bool,
                           reason: str | None) -> None:
-        checkout = self._out.pop(id(conn), None)
+        if self._trace_spans:
+            self._trace_spans.pop(id(conn), None)
         self._use_times.append(use_time)
         if self._expected or self._reported:  # rare: some checkout was declared or reported
-            self._detector.returned(id(conn), checkout, conn, use_time)
+            self._detector.returned(conn, use_time)
 
     def _checkout_metrics_only(self, pool: Any, conn: Any, wait_time: float, waited: bool,
                                opened: bool) -> None:

@@ -58,7 +58,8 @@ class PoolInstrumentation:
         # Built in dependency order, each part given what it uses; none refers back.
         log = LogEmitter(self.name, logger)
         # Off (None): not attached at all, so checkouts pay nothing for it.
-        detector = LeakDetector(leak_threshold, log) if leak_threshold is not None else None
+        detector = (LeakDetector(leak_threshold, log, pool) if leak_threshold is not None
+                    else None)
         self.leak_detector = detector
         self.logs = PoolLogs(log, holders=None if detector is None
                              else detector.exhaustion_holders)

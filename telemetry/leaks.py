@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from psycopg2_pool import DiscardReason
+from psycopg2_pool import ConnectionPool, DiscardReason
 from psycopg2_pool.events import (
     CloseEvent,
     DiscardEvent,
@@ -42,27 +42,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from psycopg2_pool.leakcheck import LeakChecker
 
 
-class Checkout(NamedTuple):
-    """One live checkout: a tuple, the cheapest record to make on the hot path
-    (:class:`telemetry.checkouts.CheckoutRecorder` makes it)."""
+class TracedCheckout(NamedTuple):
+    """One checkout as a report reads it: what the pool recorded of it
+    (:meth:`psycopg2_pool.ConnectionPool.checkouts`), and the span current then."""
 
-    conn_ref: weakref.ref[Any]
-    raw_stack: Sequence[Any]  # code, offset, code, offset... innermost first (stacks.record)
+    connection: Any  # None once it was garbage-collected, or in a kept copy
+    raw_stack: Sequence[Any]  # code, offset, code, offset... innermost first
     since: float
-    thread: threading.Thread  # its name is read when a report is made
-    span: Any  # the span current at checkout (its trace id is read when a report is made)
+    thread: threading.Thread | None  # its name is read when a report is made
+    span: Any  # the span current at checkout, inside a trace (else None)
 
     @property
     def frames(self) -> stacks.Frames:
         """The checkout stack as (code, offset) pairs, innermost first."""
         return stacks.pairs(self.raw_stack)
-
-
-_new_checkout = tuple.__new__
-
-
-def _wrap(fields: tuple[Any, ...] | None) -> Checkout | None:
-    return None if fields is None else _new_checkout(Checkout, fields)
 
 
 #: The error of a timeout (held weakly) and the holders made for it.
@@ -99,13 +92,24 @@ class Leak(NamedTuple):
 class LeakDetector(PoolListener):
     """Tracks checkouts of one pool and reports leaks through ``log``."""
 
-    def __init__(self, threshold: float | None, log: Callable[..., None]) -> None:
+    #: Frames of each checkout's stack the pool keeps for it (see
+    #: :class:`psycopg2_pool.events.PoolListener`): the pool walks them at checkout, in C
+    #: where built (:mod:`psycopg2_pool.stacks`), on the record it keeps anyway.
+    checkout_stack_depth = stacks.MAX_FRAMES
+
+    def __init__(self, threshold: float | None, log: Callable[..., None],
+                 pool: ConnectionPool | None = None) -> None:
         self.threshold = threshold
         self._log = log
-        # By id(connection): each checkout as a plain tuple of Checkout's fields (cheaper to
-        # make than the named tuple, which the report side wraps it in: _checkouts()).
-        self._out: dict[int, tuple[Any, ...]] = {}
-        self._reported: set[int] = set()  # checkouts reported past the threshold
+        # The checkouts are the pool's records (pool.checkouts()): nothing is stored here per
+        # checkout, but the span of one made inside a trace, by id(connection) (written by
+        # telemetry.checkouts).
+        self._pool: Callable[[], ConnectionPool | None] = (
+            weakref.ref(pool) if pool is not None else lambda: None)
+        self._spans: dict[int, Any] = {}
+        # Checkouts reported past the threshold, kept without their connection (the
+        # garbage collector must still be able to take a leaked one).
+        self._reported: dict[int, TracedCheckout] = {}
         self._expected: dict[int, str] = {}  # checkouts declared long: the reason
         self._lock = threading.Lock()
         self.leak_count = 0
@@ -121,39 +125,45 @@ class LeakDetector(PoolListener):
 
     # -- the checkout path is telemetry.checkouts': it writes these tables ----------------------
 
-    def tables(self) -> tuple[dict[int, tuple[Any, ...]], set[int], dict[int, str]]:
-        """The live checkouts by ``id(connection)``, the ids reported past the threshold,
-        and the expected long holds with their reasons (for the checkout recorder)."""
-        return self._out, self._reported, self._expected
+    def tables(self) -> tuple[dict[int, Any], dict[int, TracedCheckout], dict[int, str]]:
+        """By ``id(connection)``: the spans of checkouts made inside a trace, the checkouts
+        reported past the threshold, and the expected long holds with their reasons (for
+        the checkout recorder)."""
+        return self._spans, self._reported, self._expected
 
-    def returned(self, conn_id: int, checkout: tuple[Any, ...] | None, conn: Any,
-                 use_time: float) -> None:
+    def returned(self, conn: Any, use_time: float) -> None:
         """A checkout came back while some checkout is declared long or was reported: forget
         its declaration, and if it was reported as a suspected leak, say it came back (and
         how long it was out)."""
+        conn_id = id(conn)
         self._expected.pop(conn_id, None)
-        if conn_id not in self._reported:
-            return
-        self._reported.discard(conn_id)
+        checkout = self._reported.pop(conn_id, None)
         if checkout is not None:
-            self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, _new_checkout(
-                Checkout, checkout), conn, held_s=round(use_time, 3))
+            self._report("info", names.LOG_CONNECTION_LEAK_RETURNED, conn_id, checkout, conn,
+                         held_s=round(use_time, 3))
 
-    def _checkouts(self) -> list[tuple[int, Checkout]]:
-        """The live checkouts, by connection id, as :class:`Checkout` records."""
-        return [(conn_id, _new_checkout(Checkout, fields))
-                for conn_id, fields in list(self._out.items())]
+    def _checkouts(self) -> list[tuple[int, TracedCheckout]]:
+        """The live checkouts the pool kept a stack for, by connection id."""
+        pool = self._pool()
+        if pool is None:
+            return []
+        spans = self._spans
+        return [(c.connection_id, TracedCheckout(c.connection, c.stack, c.since, c.thread,
+                                           spans.get(c.connection_id)))
+                for c in pool.checkouts() if c.stack is not None]
 
     # -- listener methods (off the checkout path) ---------------------------------------------
 
     def on_discard(self, event: DiscardEvent) -> None:
         conn_id = event.connection_id
-        checkout = _wrap(self._out.pop(conn_id, None))
+        span = self._spans.pop(conn_id, None)
         self._expected.pop(conn_id, None)
-        reported = conn_id in self._reported
-        self._reported.discard(conn_id)
-        if checkout is None or event.reason != DiscardReason.GARBAGE_COLLECTED:
+        reported = self._reported.pop(conn_id, None) is not None
+        kept = event.checkout
+        if event.reason != DiscardReason.GARBAGE_COLLECTED or kept is None \
+                or kept.stack is None:
             return
+        checkout = TracedCheckout(None, kept.stack, kept.since, kept.thread, span)
         if not reported:  # counted once, whether reported first or only now
             with self._lock:
                 self.leak_count += 1
@@ -172,7 +182,7 @@ class LeakDetector(PoolListener):
     def on_close(self, event: CloseEvent) -> None:
         for conn_id, checkout in self._checkouts():
             self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
-                         checkout.conn_ref(), held_s=round(monotonic() - checkout.since, 3),
+                         checkout.connection, held_s=round(monotonic() - checkout.since, 3),
                          when="pool_closed")
 
     # -- off the hot path --------------------------------------------------------------------
@@ -187,17 +197,17 @@ class LeakDetector(PoolListener):
             if now - checkout.since < threshold or conn_id in self._reported \
                     or conn_id in self._expected:
                 continue
-            self._reported.add(conn_id)
+            self._reported[conn_id] = checkout._replace(connection=None)
             with self._lock:
                 self.leak_count += 1
             self._report("warning", names.LOG_CONNECTION_LEAK_SUSPECTED, conn_id, checkout,
-                         checkout.conn_ref(), held_s=round(now - checkout.since, 3),
+                         checkout.connection, held_s=round(now - checkout.since, 3),
                          threshold_s=threshold)
 
     def expect_long_hold(self, conn: Any, reason: str = "expected long hold") -> None:
         """Do not report this checkout of ``conn`` as a leak, however long it is held."""
-        checkout = _wrap(self._out.get(id(conn)))
-        if checkout is None or checkout.conn_ref() is not conn:
+        pool = self._pool()
+        if pool is None or not any(c.connection is conn for c in pool.checkouts()):
             raise ValueError("this connection is not checked out from the instrumented pool")
         self._expected[id(conn)] = reason
 
@@ -205,7 +215,7 @@ class LeakDetector(PoolListener):
         """Connections held past the threshold (or every checked-out one), oldest first."""
         now = monotonic()
         threshold = self.threshold if self.threshold is not None else float("inf")
-        out = [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
+        out = [self._snapshot(conn_id, checkout, checkout.connection, now=now)
                for conn_id, checkout in self._checkouts()
                if all_checkouts or now - checkout.since >= threshold]
         return sorted(out, key=lambda leak: -leak.held_s)
@@ -233,7 +243,7 @@ class LeakDetector(PoolListener):
     def checkouts_since(self, started: float) -> list[Leak]:
         """Connections checked out at or after ``started`` and still out (pytest plugin)."""
         now = monotonic()
-        return [self._snapshot(conn_id, checkout, checkout.conn_ref(), now=now)
+        return [self._snapshot(conn_id, checkout, checkout.connection, now=now)
                 for conn_id, checkout in self._checkouts()
                 if checkout.since >= started and conn_id not in self._expected]
 
@@ -244,7 +254,7 @@ class LeakDetector(PoolListener):
         return [leak for when, leak in list(self.collected)
                 if when >= started and leak.since >= started]
 
-    def _snapshot(self, conn_id: int, checkout: Checkout, conn: Any, *,
+    def _snapshot(self, conn_id: int, checkout: TracedCheckout, conn: Any, *,
                   now: float | None = None, backend_pid: int = 0) -> Leak:
         held = (monotonic() if now is None else now) - checkout.since
         frames, omitted = stacks.extract(checkout.frames)
@@ -254,7 +264,7 @@ class LeakDetector(PoolListener):
                     conn_id in self._reported, self._expected.get(conn_id), frames, omitted,
                     checkout.since)
 
-    def _report(self, level: str, event: str, conn_id: int, checkout: Checkout, conn: Any,
+    def _report(self, level: str, event: str, conn_id: int, checkout: TracedCheckout, conn: Any,
                 *, backend_pid: int = 0, **fields: Any) -> None:
         # Formatted here, only when a report is made. The stack goes out twice, each in
         # structlog's own convention: ``stack``, a string that ConsoleRenderer prints as a
@@ -281,12 +291,16 @@ def holders_note(holders: list[dict[str, object]]) -> str:
     return f"connections checked out by: {'; '.join(parts)}"
 
 
-def _thread_name(checkout: Checkout) -> str:
+def _thread_name(checkout: TracedCheckout) -> str:
     thread = checkout.thread
+    if thread is None:
+        return "<unknown>"
     return thread.name if thread.is_alive() else f"{thread.name} (ended)"
 
 
-def _trace_id(checkout: Checkout) -> str | None:
+def _trace_id(checkout: TracedCheckout) -> str | None:
+    if checkout.span is None:
+        return None
     context = checkout.span.get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
 

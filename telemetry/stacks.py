@@ -1,11 +1,10 @@
-"""Cheap checkout-site capture, formatted lazily.
+"""Checkout stacks, formatted lazily.
 
-At checkout only ``(code object, instruction offset)`` pairs are kept: :func:`stack` walks the
-frames in C (``telemetry._capture``, about 0.15 µs for 20 frames), or in Python where that
-module could not be built (:func:`py_stack`, the same pairs for ~1.5 µs), against ~7 µs for
-``traceback.extract_stack`` (even ``f_lineno`` costs, since it decodes the line table). Line
-numbers, file names and the trimming of library frames are worked out only when a report is
-made.
+The pool keeps each checkout's stack raw, as ``(code object, instruction offset)`` pairs
+(:mod:`psycopg2_pool.stacks`: walked in C, ~0.15 µs for 20 frames, or in Python, ~1.5 µs,
+against ~7 µs for ``traceback.extract_stack``: even ``f_lineno`` costs, since it decodes the
+line table). Line numbers, file names, source lines and the trimming of library frames are
+worked out here, only when a report is made.
 """
 
 from __future__ import annotations
@@ -16,14 +15,12 @@ import os
 import re
 import sys
 import sysconfig
-import threading
-import weakref
-from collections.abc import Callable, Sequence
-from time import monotonic
-from types import CodeType, FrameType
+from collections.abc import Sequence
+from types import CodeType
 from typing import Any, NamedTuple
 
 import psycopg2_pool
+from psycopg2_pool import stacks as _pool_stacks
 
 Frames = tuple[tuple[CodeType, int], ...]  # (code, f_lasti), innermost first
 
@@ -40,72 +37,15 @@ _LIBRARY_DIRS = tuple({os.path.realpath(p) + os.sep for key in ("stdlib", "plats
                        if (p := sysconfig.get_paths().get(key))})
 
 
-_ref = weakref.ref
-_get_ident = threading.get_ident
-_threads_get = threading._active.get  # type: ignore[attr-defined]  # current_thread()'s table
-_current_thread = threading.current_thread
-
-
-def py_stack(frame: FrameType | None, limit: int) -> tuple[Any, ...]:
-    """``(code, offset, code, offset, ...)`` of ``frame`` and its callers, innermost first, at
-    most ``limit`` frames: one flat tuple (one allocation, not one per frame)."""
-    out: list[Any] = []
-    append = out.append
-    for _ in range(limit):
-        if frame is None:
-            break
-        append(frame.f_code)
-        append(frame.f_lasti)
-        frame = frame.f_back
-    return tuple(out)
-
-
-def py_record(table: dict[int, tuple[Any, ...]], conn: Any, frame: FrameType | None,
-              limit: int, span: Any) -> None:
-    """``table[id(conn)] = (weakref(conn), stack, time.monotonic(), thread, span)``: the
-    leak detector's record of one checkout (the fields of ``telemetry.leaks.Checkout``), the
-    stack as :func:`py_stack` makes it, walked here rather than through a call (this runs on
-    every checkout where the C version is not built)."""
-    raw: list[Any] = []
-    append = raw.append
-    for _ in range(limit):
-        if frame is None:
-            break
-        append(frame.f_code)
-        append(frame.f_lasti)
-        frame = frame.f_back
-    table[id(conn)] = (_ref(conn), raw, monotonic(),
-                       _threads_get(_get_ident()) or _current_thread(), span)
-
-
-StackWalk = Callable[[FrameType | None, int], tuple[Any, ...]]
-Record = Callable[[dict[int, tuple[Any, ...]], Any, FrameType | None, int, Any], None]
-
-#: Set to 1 to use the Python versions even where the C ones are built (to compare them).
-PURE_PYTHON_ENV = "PSYCOPG2_POOL_PURE_PYTHON"
-
-stack: StackWalk
-record: Record
-try:  # the C versions, built with the package where a compiler was at hand (setup.py)
-    if os.environ.get(PURE_PYTHON_ENV) == "1":
-        raise ImportError(f"{PURE_PYTHON_ENV}=1")
-    from ._capture import record, stack
-except ImportError:  # pragma: no cover - depends on the build
-    stack, record = py_stack, py_record
-
-#: Whether checkouts are recorded by the C versions (``telemetry._capture``) of
-#: :func:`py_stack` and :func:`py_record`, frame for frame the same.
-ACCELERATED = stack is not py_stack
-
-
 def pairs(raw: Sequence[Any]) -> Frames:
     """A flat ``(code, offset, ...)`` capture as (code, offset) pairs."""
     return tuple(zip(raw[::2], raw[1::2], strict=True))
 
 
 def capture(skip: int = 1) -> Frames:
-    """The caller's stack (innermost first) as (code, offset) pairs, skipping ``skip`` frames."""
-    return pairs(stack(sys._getframe(skip + 1), MAX_FRAMES))
+    """The caller's stack (innermost first) as (code, offset) pairs, skipping ``skip`` frames:
+    what the pool keeps at a checkout (:mod:`psycopg2_pool.stacks`)."""
+    return pairs(_pool_stacks.stack(sys._getframe(skip + 1), MAX_FRAMES))
 
 
 def line_number(code: CodeType, offset: int) -> int:

@@ -26,13 +26,13 @@ def test_benchmark_quick_run(dsn: str, tmp_path: Path) -> None:
     text = output.read_text()
     for fragment in ["| bare, 1 thread | psycopg2.pool |", "| SELECT 1, 8 threads | this pool |",
                      "| psycopg_pool 3 |", "this pool + instrument(), in a trace",
-                     "## Contention", "record of a checkout", "Memory:", "## Targets",
+                     "## Contention", "checkout stack (walked", "Memory:", "## Targets",
                      "| bare, 1 thread | SQLAlchemy QueuePool |",
                      "| SELECT 1, 8 threads | SQLAlchemy QueuePool + OpenTelemetry |",
                      "| SQLAlchemy QueuePool + OpenTelemetry |", "vs SQLAlchemy QueuePool |",
                      "in paired batches instead"]:
         assert fragment in text
-    (record,) = [line for line in text.splitlines() if "record of a checkout" in line]
+    (record,) = [line for line in text.splitlines() if "checkout stack (walked" in line]
     assert "Python " in record  # the Python record's cost, beside the C one where it is built
     # Issue 13's targets, each with a measured ratio and a verdict, from the same run.
     targets = text.split("## Targets")[1].splitlines()

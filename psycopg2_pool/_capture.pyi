@@ -1,0 +1,3 @@
+from types import CodeType, FrameType
+
+def stack(frame: FrameType | None, limit: int, /) -> tuple[CodeType | int, ...]: ...

@@ -1,6 +1,0 @@
-from types import CodeType, FrameType
-from typing import Any
-
-def stack(frame: FrameType | None, limit: int, /) -> tuple[CodeType | int, ...]: ...
-def record(table: dict[int, tuple[Any, ...]], conn: Any, frame: FrameType | None, limit: int,
-           span: Any, /) -> None: ...
