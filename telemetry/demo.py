@@ -281,7 +281,8 @@ def summary(console: Console, report: Report, port: int) -> None:
         f"{stats['connections_discarded']}, in use at the end {stats['pool_in_use']}")
     if leaks:
         leak = leaks[0]
-        say(f"  LEAK: a connection checked out {leak.held_s:.1f} s ago was never returned.")
+        say(f"  LEAK: a connection checked out {leak.held_s:.1f} s before the end was not returned "
+            f"until the demo put it back on the way out.")
         say(f"        taken at {leak.site} (thread {leak.thread}, backend pid "
             f"{leak.backend_pid})")
         for frame in leak.stack[1:4]:
