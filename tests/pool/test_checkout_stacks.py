@@ -1,7 +1,7 @@
 """The checkout stacks a pool keeps while a listener asks (the leak detector's record).
 
 Every checkout of such a pool walks the caller's stack; the C walk
-(``psycopg2_pool._capture``) does it at a tenth of the cost. Where it cannot be built the
+(``psycopg2_pool._capture``) does it at about an eighth of the cost. Where it cannot be built the
 Python walk runs, so both must give the same stacks: compared here on the same frames, and end
 to end in a leak report made with each (tests/telemetry/test_pure_python.py).
 """
