@@ -55,8 +55,7 @@ class Record:
         "ref",
         "returned_at",
         "since",
-        "stack",
-        "thread",
+        "taken",
     )
 
     def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
@@ -74,15 +73,25 @@ class Record:
         self.since = 0.0  # time of the last checkout
         self.returned_at = 0.0  # time it last became idle (slow checkout path only)
         # Who took it, kept at each checkout while a listener asks (checkout_stack_depth):
-        # the stack as psycopg2_pool.stacks walks it, and the thread.
-        self.stack: tuple[Any, ...] | None = None
-        self.thread: threading.Thread | None = None
+        # (stack as psycopg2_pool.stacks walks it, thread, ``since`` of that checkout), in one
+        # tuple so that a reader on another thread never pairs one checkout's time with
+        # another's stack (see taken_by).
+        self.taken: tuple[tuple[Any, ...], threading.Thread, float] | None = None
         self.key: Hashable | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
     def is_out(self) -> bool:
         """True while the connection is checked out (and not yet returned)."""
         return self.out.get(self.conn_id) is self
+
+    def taken_by(self, since: float) -> tuple[tuple[Any, ...] | None, threading.Thread | None]:
+        """The stack and thread kept for the checkout made at ``since``, or (None, None): none
+        was kept, or what is kept belongs to an earlier checkout (a hand-over or a health
+        check may still be under way)."""
+        taken = self.taken
+        if taken is None or taken[2] != since:
+            return None, None
+        return taken[0], taken[1]
 
     #: Bound here, not looked up as a module global: during interpreter teardown the
     #: module's globals may already be None when a connection held by a module is collected.

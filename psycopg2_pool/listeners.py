@@ -105,7 +105,7 @@ class Listeners:
         """Drop the stack and thread kept for each checked-out connection (an idle one's are
         replaced at its next checkout)."""
         for rec in list(self._out.values()):
-            rec.stack = rec.thread = None
+            rec.taken = None
 
     def _emit_fields(self, methods: tuple[Callable[..., None], ...], *fields: Any) -> None:
         """Call the fields form of a hook (slow paths; the fast ones inline it)."""

@@ -33,7 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable
 from time import monotonic
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from . import _forking
@@ -281,8 +281,12 @@ class ConnectionPool(Upkeep):
                         return self._getconn_slow(None, timeout, counted=True)
                 if self._checkout_hooked:  # inlined dispatch: the path every checkout takes
                     if self._stack_depth:  # a listener asks who takes connections
-                        rec.stack = _stack(_getframe(1), self._stack_depth)
-                        rec.thread = _threads_get(_get_ident()) or _current_thread()
+                        try:
+                            frame: FrameType | None = _getframe(1)
+                        except ValueError:  # called from C, with no Python caller
+                            frame = None
+                        rec.taken = (_stack(frame, self._stack_depth),
+                                     _threads_get(_get_ident()) or _current_thread(), now)
                     for method in self._on_checkout_fields:
                         try:
                             method(self, conn, 0.0, False, False)
@@ -451,13 +455,19 @@ class ConnectionPool(Upkeep):
     def checkouts(self) -> list[Checkout]:
         """The checked-out connections as the pool recorded their checkout (a snapshot):
         when, and, while a listener asks for it (``checkout_stack_depth``), who took them."""
+        if self._collected:  # connections dropped meanwhile: announced first, not lost
+            with self._lock:
+                if self._collected:
+                    self._drain_collected()
         out = []
         for rec in list(self._out.values()):
+            since = rec.since
+            stack, thread = rec.taken_by(since)
             conn = rec.ref()
-            checkout = _new_event(Checkout, (rec.conn_id, conn, rec.backend_pid, rec.since,
-                                             rec.stack, rec.thread))
-            if conn is not None and rec.is_out():  # still out once its fields were read
-                out.append(checkout)
+            # Still out, and the same checkout, once its fields were read.
+            if conn is not None and rec.is_out() and rec.since == since:
+                out.append(_new_event(Checkout, (rec.conn_id, conn, rec.backend_pid, since,
+                                                 stack, thread)))
         return out
 
     @property
@@ -585,8 +595,8 @@ class ConnectionPool(Upkeep):
         if self._checkout_hooked:
             if self._stack_depth:  # from here: the pool's own frames are trimmed by readers
                 rec = conn._pool_rec
-                rec.stack = _stack(_getframe(1), self._stack_depth)
-                rec.thread = _threads_get(_get_ident()) or _current_thread()
+                rec.taken = (_stack(_getframe(1), self._stack_depth),
+                             _threads_get(_get_ident()) or _current_thread(), rec.since)
             wait = monotonic() - started if started else 0.0
             waited = bool(started) and not opened
             self._emit_fields(self._on_checkout_fields, conn, wait, waited, opened)

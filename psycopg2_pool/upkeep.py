@@ -557,7 +557,7 @@ class Upkeep(Listeners):
                                        DiscardReason.GARBAGE_COLLECTED,
                                        monotonic() - rec.created,
                                        Checkout(rec.conn_id, None, rec.backend_pid, rec.since,
-                                                rec.stack, rec.thread)))
+                                                *rec.taken_by(rec.since))))
         if events and self._on_discard:
             self._lock.release()
             try:

@@ -180,3 +180,62 @@ def test_a_collected_connections_discard_names_its_checkout(make_pool: MakePool)
     assert functions(event.checkout)[0] == "take"
     assert event.checkout.thread is threading.current_thread()
     assert all(e.checkout is None for e in asks.discards if e is not event)
+
+
+def test_a_getconn_with_no_python_caller_keeps_an_empty_stack(make_pool: MakePool) -> None:
+    import _thread
+
+    pool = make_pool(1, 2)
+    asks = Asks()
+    pool.add_listener(asks)
+    raised: list[object] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda hook: raised.append(hook.exc_value)
+    try:
+        _thread.start_new_thread(pool.getconn, ())  # its result is dropped: a leak
+        assert wait_until(lambda: any(e.reason == DiscardReason.GARBAGE_COLLECTED
+                                      for e in asks.discards) or bool(raised))
+    finally:
+        sys.unraisablehook = previous
+    assert raised == []  # the checkout did not fail for want of a caller
+    [event] = [e for e in asks.discards if e.reason == DiscardReason.GARBAGE_COLLECTED]
+    assert event.checkout is not None and event.checkout.stack == ()
+
+
+def test_a_checkout_under_way_never_shows_the_previous_holders_stack(
+        make_pool: MakePool) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def check(conn: Any) -> None:  # the health check runs while the checkout is under way
+        seen.extend((c.stack, c.thread) for c in pool.checkouts() if c.connection is conn)
+
+    pool = make_pool(1, 1, check=check, check_idle_after=0)
+    pool.add_listener(Asks())
+
+    def first_holder() -> None:
+        pool.putconn(take(pool))
+
+    thread = threading.Thread(target=first_holder, name="first-holder")
+    thread.start()
+    thread.join()
+    seen.clear()
+    conn = take(pool)
+    assert seen and all(stack is None and holder is None for stack, holder in seen)
+    [checkout] = pool.checkouts()
+    assert checkout.thread is threading.current_thread() and functions(checkout)[0] == "take"
+    pool.putconn(conn)
+
+
+def test_a_connection_dropped_while_the_pool_is_busy_is_announced_before_checkouts_are_read(
+        make_pool: MakePool) -> None:
+    pool = make_pool(1, 2)
+    asks = Asks()
+    pool.add_listener(asks)
+    with pool._lock:  # busy: the dropped connection's discard waits in the pool's queue
+        take(pool)  # dropped at once
+        gc.collect()
+    assert asks.discards == []
+    # A leak checker reading the checkouts now must find the connection in one place or the
+    # other: checked out still, or announced as collected.
+    assert pool.checkouts() == []
+    assert [e.reason for e in asks.discards] == [DiscardReason.GARBAGE_COLLECTED]
