@@ -1,7 +1,7 @@
 """The telemetry's one listener on the checkout path.
 
 Every ``getconn`` and ``putconn`` of an instrumented pool pays for what runs here, so the
-latency buffers, the span decision and the leak detector's share share one call and one
+latency buffers, the span decision and the leak detector's part share one call and one
 context lookup (a listener call costs ~0.15 µs, ``trace.get_current_span()`` ~0.4 µs):
 
 - checkout: the wait time appended to the metrics buffer; inside a trace, the span current

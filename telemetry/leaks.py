@@ -100,14 +100,13 @@ class LeakDetector(PoolListener):
     checkout_stack_depth = stacks.MAX_FRAMES
 
     def __init__(self, threshold: float | None, log: Callable[..., None],
-                 pool: ConnectionPool | None = None) -> None:
+                 pool: ConnectionPool) -> None:
         self.threshold = threshold
         self._log = log
         # The checkouts are the pool's records (pool.checkouts()): nothing is stored here per
         # checkout, but the span of one made inside a trace, by id(connection) (written by
         # telemetry.checkouts).
-        self._pool: Callable[[], ConnectionPool | None] = (
-            weakref.ref(pool) if pool is not None else lambda: None)
+        self._pool = weakref.ref(pool)
         self._spans: dict[int, Any] = {}
         # Checkouts reported past the threshold, kept without their connection (the
         # garbage collector must still be able to take a leaked one).
@@ -317,4 +316,4 @@ def _backend_pid(conn: Any) -> int:
 
 
 if TYPE_CHECKING:  # pragma: no cover - mypy checks that the detector fits the plugin's seam
-    _seam: LeakChecker = LeakDetector(None, print)
+    _seam: LeakChecker = LeakDetector(None, print, ConnectionPool())
