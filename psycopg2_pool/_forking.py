@@ -1,10 +1,12 @@
 """Fork safety: a child process never uses, nor closes, its parent's connections.
 
 A connection is a socket shared with the parent after ``os.fork()``. Closing it in the
-child (explicitly, or when the object is freed) makes libpq send a Terminate message that
-ends the *parent's* session. So, in the child, every inherited connection's socket
-descriptor is first pointed at ``/dev/null`` with ``dup2``; only then is the connection
-closed, which now talks to ``/dev/null`` while the parent's socket stays untouched.
+child makes libpq send a Terminate message that ends the *parent's* session; and closing or
+freeing it takes psycopg2's per-connection mutex, which a thread of the parent that was
+running a query at the fork holds for ever in the child (that thread is not there to release
+it): the child would hang. So, in the child, every inherited connection's socket descriptor
+is pointed at ``/dev/null`` with ``dup2``, and the connection object is kept, never closed
+nor freed (:data:`_kept`; a few objects per fork, at most the pool's size).
 
 Each pool registers itself with the function that resets it in a child (:func:`track`): this
 module knows no more of a pool than that function.
@@ -24,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _pools: weakref.WeakKeyDictionary[ConnectionPool, Callable[[ConnectionPool], None]] = (
     weakref.WeakKeyDictionary())
 _inherited: weakref.WeakKeyDictionary[ConnectionPool, set[int]] = weakref.WeakKeyDictionary()
+#: Inherited connections, kept in the child so that they are never freed (see above).
+_kept: list[Any] = []
 
 
 def track(pool: ConnectionPool, reset: Callable[[ConnectionPool], None]) -> None:
@@ -47,8 +51,9 @@ def inherited(pool: ConnectionPool, conn: Any) -> bool:
 
 
 def detach(pool: ConnectionPool, conns: list[Any]) -> None:
-    """Point each connection's socket at /dev/null so that closing it cannot reach the server."""
+    """Point each connection's socket at /dev/null, and keep the connection for ever."""
     _inherited[pool] = {id(c) for c in conns}
+    _kept.extend(conns)
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for conn in conns:

@@ -35,12 +35,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
 
 
+#: The states of a :class:`Record` (``Record.state``), each changed only under its pool's lock.
+#: NEW: opened into a reserved slot, not yet placed (held by the opening thread only);
+#: IDLE: in the pool's ``idle_connections`` (held strongly by the pool);
+#: OUT: checked out (held by the caller, weakly by the pool), returning or handed to a waiter;
+#: GONE: out of the pool's books (closed, or inherited through a fork).
+#: CLOSING: taken out of use to be closed; its slot is counted until the close is done.
+NEW, IDLE, OUT, CLOSING, GONE = "new", "idle", "out", "closing", "gone"
+
+
 class Record:
     """What the pool knows of one open connection (reachable as ``conn._pool_rec``).
 
-    ``out`` is the pool's dict of checked-out records by ``id()`` of their connection: the
-    record is in it exactly while its connection is checked out. ``on_collected`` (a weak
-    method of the pool) is told when a checked-out connection is garbage-collected.
+    ``state`` (NEW, IDLE, OUT, GONE) is written only under the pool's lock; ``returning`` is
+    True while ``putconn`` works on a checked-out connection (rollback, ``reset``,
+    listeners). ``out`` is the pool's dict of checked-out records, and identifies the pool a
+    connection belongs to without keeping the pool alive. ``on_collected`` (a weak method of
+    the pool) is told, from the garbage collector's callback, when an OUT or CLOSING connection
+    is collected: the callback reads ``state`` and takes no lock (see pool.py's rules).
+    A NEW record belongs to the thread opening its connection, which settles it; OUT and
+    CLOSING ones are settled by the thread holding the connection, or, should that thread
+    drop it unsettled (two exceptions at once), by the collector.
     """
 
     __slots__ = (
@@ -54,24 +69,28 @@ class Record:
         "out",
         "ref",
         "returned_at",
+        "returning",
         "since",
+        "state",
         "taken",
     )
 
     def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
                  out: dict[int, Record],
                  on_collected: Callable[[], Callable[[Record], None] | None]) -> None:
-        conn._pool = pool  # the slots of the pooled class (see pooled_class)
+        conn._pool = None  # the slots of the pooled class (see pooled_class): set while out
         conn._pool_rec = self
         self.out = out
         self.on_collected = on_collected
+        self.state = NEW
+        self.returning = False
         self.ref = weakref.ref(conn, self._collected)
         self.conn_id = id(conn)
         self.backend_pid: int = conn.info.backend_pid
         self.created = created
         self.expires = expires
         self.since = 0.0  # time of the last checkout
-        self.returned_at = 0.0  # time it last became idle (slow checkout path only)
+        self.returned_at = 0.0  # time it last became idle or was handed over
         # Who took it, kept at each checkout while a listener asks (checkout_stack_depth):
         # (stack as psycopg2_pool.stacks walks it, thread, ``since`` of that checkout), in one
         # tuple so that a reader on another thread never pairs one checkout's time with
@@ -81,8 +100,8 @@ class Record:
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
     def is_out(self) -> bool:
-        """True while the connection is checked out (and not yet returned)."""
-        return self.out.get(self.conn_id) is self
+        """True while the connection is checked out (and not being returned)."""
+        return self.state is OUT and not self.returning
 
     def taken_by(self, since: float) -> tuple[tuple[Any, ...] | None, threading.Thread | None]:
         """The stack and thread kept for the checkout made at ``since``, or (None, None): none
@@ -98,15 +117,19 @@ class Record:
     _finalizing = staticmethod(sys.is_finalizing)
 
     def _collected(self, _ref: weakref.ref[Any]) -> None:
+        """The garbage collector's callback, on whatever thread collects, at any point of
+        that thread's code (even inside the pool's own critical sections): it reads
+        ``state`` and queues, nothing more; no lock."""
         if self._finalizing():
             # Interpreter teardown collects connections that modules still held: not leaks,
             # and nothing can report them any more (imports are halted, so a listener that
             # logs would fail and the failure would be printed as noise after the real
             # traceback). The process ends; the server sees the sessions close.
             return
-        callback = self.on_collected()  # None once the pool is gone
-        if callback is not None and self.out.pop(self.conn_id, None) is self:
-            callback(self)
+        if self.state is OUT or self.state is CLOSING:  # its slot is the pool's to give back
+            callback = self.on_collected()  # None once the pool is gone
+            if callback is not None:
+                callback(self)
 
 
 def closed_reason(conn: Any) -> str:
@@ -123,7 +146,8 @@ def check_connection(conn: Any) -> None:
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
     finally:
-        conn.autocommit = autocommit
+        if not conn.closed:  # a lost connection: let psycopg2's own error through
+            conn.autocommit = autocommit
 
 
 RETURNED_INSIDE_WITH = (
@@ -198,7 +222,7 @@ def _pooled_class(factory: type) -> type:
     def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         """psycopg2's ``cursor()``, refused once the connection was returned to the pool."""
         rec = self._pool_rec
-        if rec.out.get(rec.conn_id) is not rec and not rec.hook:
+        if (rec.state is not OUT or rec.returning) and not rec.hook:
             raise PoolError(RETURNED)
         return base_cursor(self, *args, **kwargs)
 
@@ -238,6 +262,6 @@ class ConnectionContext:
         leave(self.pool, conn, self.checkout, exc_type)
 
 
-__all__ = ["RETURNED", "RETURNED_INSIDE_WITH", "ConnectionContext", "PooledConnection",
-           "Record", "check_connection", "closed_reason", "end_transaction", "leave",
-           "pooled_class"]
+__all__ = ["CLOSING", "GONE", "IDLE", "NEW", "OUT", "RETURNED", "RETURNED_INSIDE_WITH",
+           "ConnectionContext", "PooledConnection", "Record", "check_connection",
+           "closed_reason", "end_transaction", "leave", "pooled_class"]

@@ -67,5 +67,11 @@ class ServerUnavailable(psycopg2.OperationalError):
         self.unavailable_for = unavailable_for
 
 
-__all__ = ["PoolClosed", "PoolError", "PoolExhausted", "ServerUnavailable", "TooManyRequests",
-           "one_line"]
+class IOTimeout(psycopg2.OperationalError):
+    """A round trip the pool started itself (``check``, the rollback or ``reset`` of a
+    return) outlived ``io_timeout``: the watchdog shut the socket down and the connection is
+    discarded, even if the call itself happened to return."""
+
+
+__all__ = ["IOTimeout", "PoolClosed", "PoolError", "PoolExhausted", "ServerUnavailable",
+           "TooManyRequests", "one_line"]

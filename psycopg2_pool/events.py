@@ -41,9 +41,12 @@ class DiscardReason:
     CLEARED = "cleared"  #: idle, closed by :meth:`ConnectionPool.clear`
     FAILED_RESET = "failed_reset"  #: the ``reset`` callable raised, or left a transaction
     RESIZED = "resized"  #: idle beyond a lower ``maxconn`` given to :meth:`ConnectionPool.resize`
+    #: its checkout or return was interrupted by an exception (KeyboardInterrupt, a
+    #: listener's BaseException...) at a point where its state is in doubt
+    INTERRUPTED = "interrupted"
 
     ALL = (BROKEN, IDLE_TIMEOUT, MAX_LIFETIME, CLOSED_BY_USER, FAILED_CHECK, POOL_CLOSED,
-           FORK, GARBAGE_COLLECTED, CLEARED, FAILED_RESET, RESIZED)
+           FORK, GARBAGE_COLLECTED, CLEARED, FAILED_RESET, RESIZED, INTERRUPTED)
 
 
 class ConnectEvent(NamedTuple):

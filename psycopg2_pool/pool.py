@@ -1,60 +1,107 @@
 """The connection pool's core: checkout, return, waiting and hand-over.
 
-One implementation, thread-safe: a single lock guards the bookkeeping and is never held
-across I/O (connecting, rolling back, closing, health checks). Callers that find the pool
-exhausted queue in arrival order and are handed a connection directly by ``putconn`` or by
-a background open, so nobody barges ahead of a waiter.
+One implementation, thread-safe. Callers that find the pool exhausted queue in arrival order
+and are handed a connection directly by ``putconn`` or by a background open, so nobody
+barges ahead of a waiter. Callers never open connections when they may wait (``timeout >
+0``) and never prune: that upkeep runs in the background (:mod:`psycopg2_pool.upkeep`).
 
-Callers never open connections when they may wait (``timeout > 0``) and never prune: that
-upkeep runs in the background (:mod:`psycopg2_pool.upkeep`). When connects fail, waiting
-callers keep waiting while one attempt at a time retries (:mod:`psycopg2_pool.reconnect`),
-until their own timeout passes.
+The rules (docs/layout.md repeats them; tests/pool/test_core_*.py and test_interruptions.py
+hold the pool to them):
 
-The pool holds idle connections strongly and checked-out ones only weakly: a connection the
-application drops without ``putconn`` is garbage-collected, closed by psycopg2, reported as a
-``garbage_collected`` discard, and its slot is given back.
+**One lock.** ``_lock`` guards every field of the books: ``idle_connections``,
+``return_times``, ``_out``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of
+reserved slots (upkeep.py), ``_stats``, ``_discards``, ``_requests``, ``_returns``, ``_closed``
+and each record's ``state``/``returning``/``since``. Both fast paths (an idle connection at
+hand; a return with nothing to do) take it once, for a handful of ``deque``/``dict``
+operations: there is no lock-free path through the books, so no rule leans on the GIL making
+a single ``deque`` or ``dict`` operation atomic, and the same code is correct on a
+free-threaded CPython (3.13t and later). The cost, measured by benchmarks/run.py, is an
+uncontended acquire and release per checkout and per return (see docs/performance.md).
+The lock is never held across I/O (connecting, rolling back, closing, health checks) nor
+while a listener or a user callback runs, and it is only taken with ``with``: a blocking
+acquire that a signal interrupts raises before the block is entered, so no code ever
+releases a lock it does not hold. Lock order: a pool's ``_lock``, then the scheduler's; the
+watchdog's and the collector's locks are never held with another.
+
+**What runs without it.** Two things only. The garbage collector's callback (a checked-out
+connection dropped by the application, :meth:`Record._collected`) reads the record's
+``state`` and appends it to ``_collected`` (a ``deque``, thread-safe) and wakes the
+collector thread (:mod:`psycopg2_pool._collector`, a reentrant ``SimpleQueue.put``): it
+takes no lock, since it may run on a thread that holds any lock at all (the pool's, the
+scheduler's, a listener's). Readers of snapshots for telemetry (``checkouts()``,
+``connections_in_use``) copy ``_out`` and read each record's fields, which are replaced
+whole, never mutated in place.
+
+**What may raise into the pool, where.** Listeners and the ``check``, ``reset`` and
+``configure`` callables may raise anything; an ``Exception`` is contained (logged, counted,
+the connection discarded where its state is in doubt), a ``BaseException``
+(KeyboardInterrupt, SystemExit, gevent.Timeout) propagates to the caller after the pool's
+books are settled: an interrupted return or checkout discards its connection
+(``DiscardReason.INTERRUPTED``), an interrupted wait leaves the queue, and passes on a
+connection it was handed at the last moment. psycopg2 raises on I/O only, outside the lock.
+A signal handler may raise at any bytecode of the caller's thread: the books are changed in
+an order in which the first change commits (a connection becomes idle before it stops
+being checked out; it is marked checked out before it leaves the idle deque), so a raise
+between two changes leaves a stale mark, never a lost slot. A raise inside an ``except``
+handler that was settling a first one (two signals at once) can leave a checked-out
+connection unaccounted for by the pool: it is then given back when the garbage collector
+takes it (a ``garbage_collected`` discard), as for any connection dropped without
+``putconn``. A checked-out connection is held by the pool only weakly for that reason.
+
+**Fork.** A forked child (``_after_fork_in_child``) never closes nor frees an inherited
+connection: psycopg2 takes a per-connection mutex to close one, and a thread of the parent
+that was running a query at the fork holds it for ever in the child. The child points each
+inherited socket at ``/dev/null`` and keeps the objects (:mod:`psycopg2_pool._forking`).
 
 The other parts, each in its module (none imports this one at run time):
-:mod:`~psycopg2_pool.connection` the record of a connection and what the caller holds,
-:mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
+:mod:`~psycopg2_pool.connection` the record of a connection and its states, what the caller
+holds, :mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
 opening, reconnecting, pruning, retiring and closing (a base class of the pool),
 :mod:`~psycopg2_pool.listeners` the listener registration and dispatch (its base),
-:mod:`~psycopg2_pool.stats` the keys of ``get_stats()``. The fast paths of ``getconn`` and
-``putconn`` stay here, inlined: no call on a checkout or a return that needs none.
+:mod:`~psycopg2_pool.stats` the keys of ``get_stats()``.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import math
+import random
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import Any
 
-from . import _forking
+from . import _collector, _forking
 from . import options as _options
 from . import stats as _keys
-from ._driver import extensions, psycopg2
+from ._driver import extensions
 from ._watchdog import WATCHDOG
+from .connection import CLOSING as _CLOSING
+from .connection import GONE as _GONE
+from .connection import IDLE as _IDLE_STATE
+from .connection import OUT as _OUT
 from .connection import ConnectionContext, Record, check_connection, closed_reason, pooled_class
 from .dsn import default_pool_name, parse_options
 from .errors import (
+    IOTimeout,
     PoolClosed,
     PoolError,
     PoolExhausted,
     ServerUnavailable,
     TooManyRequests,
+    one_line,
 )
 from .events import (
     CheckinEvent,
     Checkout,
     CheckoutEvent,
     CloseEvent,
+    DiscardEvent,
     DiscardReason,
     TimeoutEvent,
 )
@@ -67,11 +114,11 @@ from .options import (
     seconds,
     sizes,
 )
-from .reconnect import NOT_ANSWERING
+from .reconnect import FACTOR, INITIAL_DELAY, MAX_DELAY, NOT_ANSWERING
 from .scheduler import SCHEDULER
 from .stacks import stack as _stack
 from .stats import EXHAUSTED, REQUESTS_REFUSED, ROLLBACKS, TIMEOUTS, WAIT_TIME, WAITS
-from .upkeep import Upkeep
+from .upkeep import AnnounceFork, Upkeep
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -92,8 +139,9 @@ Connection = Any  # a psycopg2 connection opened by the pool
 
 
 class _Waiter:
-    """A getconn queued for a connection; ``putconn`` or an open fills a field and releases
-    ``lock``."""
+    """A getconn queued for a connection; ``putconn``, an open or ``close()`` fills a field
+    (under the pool's lock) and releases ``lock``, on which the waiting thread blocks outside
+    the pool's lock."""
 
     __slots__ = ("conn", "error", "lock")
 
@@ -111,10 +159,8 @@ class ConnectionPool(Upkeep):
     psycopg2-pool 1.2, and ``(minconn, maxconn, dsn, ...)`` as in psycopg2.pool: a str third
     positional argument is the DSN. See docs/api.md for every argument, attribute and error.
 
-    Concurrency: the common checkout (an idle connection is there) and return (nobody is
-    waiting) touch only ``deque``/``dict`` operations that are atomic in CPython, as
-    psycopg2-pool 1.2 did; everything else (opening, discarding, waiting, closing) runs under
-    one lock that is never held across I/O.
+    Concurrency: one lock guards the books, taken once by the common checkout and return, and
+    never held across I/O or while a listener runs (the module docstring has the rules).
     """
 
     def __init__(self, minconn: int = 1, maxconn: float = _INF, *args: Any,
@@ -176,23 +222,26 @@ class ConnectionPool(Upkeep):
         self._connect_bound = connect_timeout_text(options, self._connect_args)
         self._factory = pooled_class(factory)
         self._lock = threading.Lock()
-        self._opened = threading.Condition(self._lock)  # notified when a connection opens
+        self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.
         self._out: dict[int, Record] = {}
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
         self._collected: deque[Record] = deque()
-        self._size = 0  # open connections + slots reserved for opening one
+        self._size = 0  # open connections (closing ones too) + slots reserved for opening
+        self._closing = 0  # connections being closed: their slots are free once closed
+        self._self_ref = weakref.ref(self)  # what the collector is woken with
         self._init_upkeep()
         self._starting = True  # __init__ opens minconn itself and raises on failure
         self._slow_return = reset is not None  # putconn must take its slow path
         self._reset_failed_logged = False
-        self._requests = itertools.count()  # next() is atomic: no lock on the fast path
-        self._returns = itertools.count()
+        self._requests = 0
+        self._returns = 0
         self._stats: dict[str, float] = dict.fromkeys(_keys.COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
         self._init_listeners()
         _forking.track(self, type(self)._after_fork_in_child)
+        _collector.start()
         SCHEDULER.register(self, self.num_workers)
 
         try:
@@ -201,7 +250,7 @@ class ConnectionPool(Upkeep):
                     self._size += 1
                     self._opening += 1
                     self._connecting += 1
-                self._open_inline(idle=True)
+                self._open_inline()
         except BaseException:
             self.close()
             raise
@@ -261,46 +310,58 @@ class ConnectionPool(Upkeep):
         """
         if timeout is not None:  # before anything is counted or handed out
             timeout = seconds("timeout", timeout)
-        if key is None and not self._waiters and not self._closed:
-            try:
-                conn = self.idle_connections.pop()
-            except IndexError:
-                pass
-            else:
-                now = monotonic()
-                returned = self.return_times.pop(conn, 0.0)
-                rec = conn._pool_rec
-                rec.since = now
-                self._out[rec.conn_id] = rec
-                next(self._requests)
-                if conn.get_transaction_status() or now - returned > self._recheck \
-                        or now >= rec.expires:
-                    reason = self._unusable(conn, rec, now, returned)
-                    if reason is not None:
-                        self._discard(conn, rec, reason)
-                        return self._getconn_slow(None, timeout, counted=True)
-                if self._checkout_hooked:  # inlined dispatch: the path every checkout takes
-                    if self._stack_depth:  # a listener asks who takes connections
-                        try:
-                            frame: FrameType | None = _getframe(1)
-                        except ValueError:  # called from C, with no Python caller
-                            frame = None
-                        rec.taken = (_stack(frame, self._stack_depth),
-                                     _threads_get(_get_ident()) or _current_thread(), now)
-                    for method in self._on_checkout_fields:
-                        try:
-                            method(self, conn, 0.0, False, False)
-                        except Exception:  # noqa: BLE001 - a listener must never break the pool
-                            self._listener_failed(method)
-                    listeners = self._on_checkout
-                    if listeners:
-                        event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
-                        for method in listeners:
+        if key is None:
+            with self._lock:
+                idle = self.idle_connections
+                if idle and not self._waiters and not self._closed:
+                    conn = idle[-1]
+                    rec = conn._pool_rec
+                    # Marked out before it leaves the deque: a raise between the two leaves
+                    # a stale mark on an idle connection, never a connection in neither.
+                    rec.state = _OUT
+                    self._out[rec.conn_id] = rec
+                    returned = self.return_times.pop(conn, 0.0)
+                    idle.pop()
+                    rec.since = now = monotonic()
+                    self._requests += 1
+                else:
+                    conn = None
+            if conn is not None:
+                conn._pool = self
+                try:
+                    if conn.get_transaction_status() or now - returned > self._recheck \
+                            or now >= rec.expires:
+                        reason = self._unusable(conn, rec, now, returned)
+                        if reason is not None:
+                            self._discard(conn, rec, reason)
+                            conn = None
+                    if conn is not None and self._checkout_hooked:  # inlined dispatch
+                        if self._stack_depth:  # a listener asks who takes connections
                             try:
-                                method(event)
-                            except Exception:  # noqa: BLE001 - never break the pool
+                                frame: FrameType | None = _getframe(1)
+                            except ValueError:  # called from C, with no Python caller
+                                frame = None
+                            rec.taken = (_stack(frame, self._stack_depth),
+                                         _threads_get(_get_ident()) or _current_thread(), now)
+                        for method in self._on_checkout_fields:
+                            try:
+                                method(self, conn, 0.0, False, False)
+                            except Exception:  # noqa: BLE001 - a listener must never break the pool
                                 self._listener_failed(method)
-                return conn
+                        listeners = self._on_checkout
+                        if listeners:
+                            event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
+                            for method in listeners:
+                                try:
+                                    method(event)
+                                except Exception:  # noqa: BLE001 - never break the pool
+                                    self._listener_failed(method)
+                except BaseException:  # interrupted before the caller got it: discarded
+                    self._abandon(rec, now)
+                    raise
+                if conn is not None:
+                    return conn
+                return self._getconn_slow(None, timeout, counted=True)
         return self._getconn_slow(key, timeout, counted=False)
 
     def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
@@ -311,35 +372,24 @@ class ConnectionPool(Upkeep):
         ``close=True``. It never opens a connection: refilling to ``minconn`` and closing
         idle connections happen in the background.
         """
-        rec = self._out.pop(id(conn), None)  # atomic: of two racing returns, one wins
-        if rec is None or rec.ref() is not conn or key is not None or rec.key is not None:
-            rec = self._claim_return(conn, rec, key)
-        next(self._returns)
-        now = monotonic()
-        if close or conn.get_transaction_status() or now >= rec.expires or self._waiters \
-                or self._slow_return or (self._idle_zero
-                                         and len(self.idle_connections) >= self.minconn):
-            self._putconn_slow(conn, rec, now, close)
-            return
-        if self._checkin_hooked:  # before anyone else can check it out: events stay in order
-            use_time = now - rec.since
-            for method in self._on_checkin_fields:
-                try:
-                    method(self, conn, use_time, True, None)
-                except Exception:  # noqa: BLE001 - a listener must never break the pool
-                    self._listener_failed(method)
-            listeners = self._on_checkin
-            if listeners:
-                event = _new_event(CheckinEvent, (self, conn, use_time, True, None))
-                for method in listeners:
-                    try:
-                        method(event)
-                    except Exception:  # noqa: BLE001 - a listener must never break the pool
-                        self._listener_failed(method)
-        self.return_times[conn] = now
-        self.idle_connections.append(conn)
-        if self._waiters or self._closed:  # a waiter or close() came in meanwhile
-            self._hand_over_idle()
+        try:
+            rec = conn._pool_rec
+        except AttributeError:
+            rec = None
+        with self._lock:
+            if rec is None or rec.out is not self._out or rec.state is not _OUT \
+                    or rec.returning or key is not None or rec.key is not None:
+                self._claim_return(conn, rec, key)  # raises on misuse
+            self._returns += 1
+            now = monotonic()
+            if not (close or self._slow_return or self._checkin_hooked or now >= rec.expires
+                    or conn.get_transaction_status()
+                    or (self._idle_zero and len(self.idle_connections) >= self.minconn)):
+                self._settle(conn, rec, now)  # nothing to do but keep it
+                return
+            rec.returning = True
+            since = rec.since
+        self._putconn_slow(conn, rec, now, since, close)
 
     def connection(self, timeout: float | None = None) -> ConnectionContext:
         """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
@@ -353,24 +403,27 @@ class ConnectionPool(Upkeep):
         """
         timeout = seconds("timeout", timeout)
         deadline = monotonic() + timeout
-        with self._opened:
-            self._ensure_opening()
-            while True:
+        while True:
+            with self._lock:
+                self._ensure_opening()
                 if self._closed:
                     raise self._closed_error()
-                opened = self._size - self._opening
+                opened = self._size - self._opening - self._closing
                 if opened >= self.minconn:
                     return
                 remaining = deadline - monotonic()
                 if remaining <= 0:
+                    now = monotonic()
+                    cause = (self._backoff.describe(now) if self._backoff.failing
+                             else "the server has not answered yet")
+                    error = self._backoff.last_error
+                    attempts = self._backoff.failures
+                    unavailable = self._backoff.unavailable_for(now)
                     break
-                self._opened.wait(remaining)
-            now = monotonic()
-            cause = (self._backoff.describe(now) if self._backoff.failing
-                     else "the server has not answered yet")
-            error = self._backoff.last_error
-            attempts = self._backoff.failures
-            unavailable = self._backoff.unavailable_for(now)
+                signal = threading.Lock()  # released by the next open (see _opened_one)
+                signal.acquire()
+                self._open_signals.append(signal)
+            signal.acquire(timeout=remaining)  # outside the lock: interruptible, harmless
         raise ServerUnavailable(
             f"pool {self.name!r} opened {opened} of minconn={self.minconn} connections within "
             f"{timeout:g} s: {cause}. The pool keeps trying in the background; check that the "
@@ -391,27 +444,17 @@ class ConnectionPool(Upkeep):
             if self._closed:
                 raise self._closed_error()
             self.minconn, self.maxconn = new_min, new_max
-            while self._size > self.maxconn and self.idle_connections:
-                try:
-                    conn = self.idle_connections.popleft()
-                except IndexError:  # a lock-free getconn emptied it meanwhile
-                    break
-                self.return_times.pop(conn, None)
-                self._size -= 1
-                to_close.append(conn)
+            while self._size - self._closing > self.maxconn and self.idle_connections:
+                to_close.append(self._take_oldest_idle())
             self._update_slow_return()
             self._ensure_opening()
-        now = monotonic()
-        for conn in to_close:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.RESIZED, now)
+        self._close_all(to_close, DiscardReason.RESIZED)
 
     def clear(self) -> None:
         """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
         with self._lock:
             conns = self._take_idle()
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.CLEARED, now)
+        self._close_all(conns, DiscardReason.CLEARED, refill=False)  # as asked: no refill
 
     def close(self) -> None:
         """Close the pool: idle connections now, checked-out ones when they are returned.
@@ -422,26 +465,23 @@ class ConnectionPool(Upkeep):
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            self._slow_return = True
+            self._closed = self._slow_return = True
             conns = self._take_idle()
             # Slots reserved for opens that have not started are given back now; attempts
             # in progress give back their own when they end.
             unstarted = self._opening - self._connecting
-            self._size -= unstarted
-            self._opening -= unstarted
+            self._size, self._opening = self._size - unstarted, self._opening - unstarted
             self._parked = self._queued = self._taken = self._deferred = 0
-            in_use = self._size - self._connecting  # attempts in progress are not in use
+            # Attempts in progress and connections being closed are not in use.
+            in_use = self._size - self._connecting - self._closing
             while self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.error = self._closed_error()
                 waiter.lock.release()
-            self._opened.notify_all()
+            self._release_open_signals()
         SCHEDULER.unregister(self)
         _forking.untrack(self)
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
+        self._close_all(conns, DiscardReason.POOL_CLOSED)
         if self._on_close:
             self._emit(self._on_close, CloseEvent(self, in_use))
 
@@ -455,12 +495,11 @@ class ConnectionPool(Upkeep):
     def checkouts(self) -> list[Checkout]:
         """The checked-out connections as the pool recorded their checkout (a snapshot):
         when, and, while a listener asks for it (``checkout_stack_depth``), who took them."""
-        if self._collected:  # connections dropped meanwhile: announced first, not lost
-            with self._lock:
-                if self._collected:
-                    self._drain_collected()
+        self._reclaim()  # connections dropped meanwhile: announced first, not lost
+        with self._lock:
+            recs = [rec for rec in self._out.values() if rec.is_out()]
         out = []
-        for rec in list(self._out.values()):
+        for rec in recs:
             since = rec.since
             stack, thread = rec.taken_by(since)
             conn = rec.ref()
@@ -473,26 +512,26 @@ class ConnectionPool(Upkeep):
     @property
     def connections_in_use(self) -> frozenset[Connection]:
         """The checked-out connections (a snapshot; psycopg2-pool 1.2 kept a WeakSet)."""
-        recs = list(self._out.values())
+        with self._lock:
+            recs = [rec for rec in self._out.values() if rec.state is _OUT]
         return frozenset(c for r in recs if (c := r.ref()) is not None)
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of the pool's state and counters since it was created (docs/api.md)."""
+        self._reclaim()
         with self._lock:
-            if self._collected:
-                self._drain_collected()
             available = len(self.idle_connections)
             stats: dict[str, Any] = {
                 _keys.NAME: self.name,
                 _keys.POOL_MIN: self.minconn,
                 _keys.POOL_MAX: self.maxconn,
-                _keys.POOL_SIZE: self._size,
+                _keys.POOL_SIZE: self._size - self._closing,
                 _keys.POOL_AVAILABLE: available,
-                _keys.POOL_IN_USE: self._size - available - self._opening,
+                _keys.POOL_IN_USE: self._size - available - self._opening - self._closing,
                 _keys.POOL_OPENING: self._opening,
                 _keys.REQUESTS_WAITING: len(self._waiters),
-                _keys.REQUESTS: _count(self._requests),
-                _keys.RETURNS: _count(self._returns),
+                _keys.REQUESTS: self._requests,
+                _keys.RETURNS: self._returns,
                 _keys.UNAVAILABLE_S: round(self._backoff.unavailable_for(monotonic()), 6),
             }
             counters = dict(self._stats)
@@ -513,7 +552,8 @@ class ConnectionPool(Upkeep):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else (
-            f"size={self._size} idle={len(self.idle_connections)} max={self.maxconn}")
+            f"size={self._size - self._closing} idle={len(self.idle_connections)} "
+            f"max={self.maxconn}")
         return f"<{type(self).__name__} {self.name!r} {state}>"
 
     # -- checkout --------------------------------------------------------------------------
@@ -525,88 +565,161 @@ class ConnectionPool(Upkeep):
         open), open one here (``timeout=0``), or fail."""
         if key is not None:
             return self._getconn_keyed(key, timeout)
-        if not counted:
-            if self._closed:  # misuse, not a request (as for a keyed getconn): not counted
-                raise self._closed_error()
-            next(self._requests)
         limit = self._timeout if timeout is None else timeout  # validated by getconn
         started = 0.0
         while True:
-            handed_over = False
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error()
-                if self._collected:
-                    self._drain_collected()
-                if self.idle_connections and not self._waiters:
-                    conn = self._take_one_idle()
-                    self._ensure_opening()  # minconn, after a discard of this checkout
-                elif limit <= 0:  # may not wait: open one here, as psycopg2-pool 1.2 did
-                    if self._take_reserved():
-                        pass  # a refill had not started: this caller opens it instead
-                    elif self._size < self.maxconn:
-                        self._size += 1
-                        self._opening += 1
-                    elif self._bg_connecting and not self._waiters \
-                            and not self._backoff.failing:
-                        # A refill is opening the connection this caller would get: rather
-                        # than fail beside it, take it when it is ready (bounded: a server
-                        # that does not answer fails the caller as a waiter would).
-                        started = monotonic()
-                        conn = self._wait(started, NOT_ANSWERING)
-                        handed_over = True
-                    else:
-                        self._stats[EXHAUSTED] += 1
-                        raise self._exhausted(monotonic(), 0.0)
-                    if not handed_over:
-                        self._connecting += 1
-                        conn = None
-                else:
-                    if not started:
-                        started = monotonic()
-                        if self._size >= self.maxconn:
+            if self._collected:  # slots of dropped connections: back before deciding
+                self._reclaim()
+            conn: Connection = None
+            waiter: _Waiter | None = None
+            error: Exception | None = None
+            event: TimeoutEvent | None = None
+            reserved = False
+            try:
+                with self._lock:
+                    if self._closed:  # misuse, not a request (as for a keyed getconn)
+                        raise self._closed_error()
+                    if not counted:
+                        self._requests, counted = self._requests + 1, True
+                    if self.idle_connections and not self._waiters:
+                        conn = self._take_one_idle()
+                        self._ensure_opening()  # minconn, after a discard of this checkout
+                    elif limit <= 0:  # may not wait: open one here, as psycopg2-pool 1.2 did
+                        reserved = self._reserve_inline()
+                        if reserved:
+                            pass
+                        elif self._bg_connecting and not self._waiters \
+                                and not self._backoff.failing:
+                            # A refill is opening the connection this caller would get:
+                            # rather than fail beside it, take it when it is ready (bounded:
+                            # a server that does not answer fails the caller as a waiter
+                            # would).
+                            started = monotonic()
+                            waiter, limit = self._enqueue(), NOT_ANSWERING
+                        else:
                             self._stats[EXHAUSTED] += 1
-                    conn = self._wait(started, limit)
-                    handed_over = True
-            # Outside the lock from here on: listeners may use the pool.
-            if handed_over:  # by putconn or a background open: already reset and checked
-                return self._checked_out(conn, started)
-            if conn is None:
-                opening = monotonic()
-                return self._checked_out(self._open_inline(idle=False), opening, opened=True)
+                            error, event = self._exhausted(monotonic(), 0.0)
+                    else:
+                        if not started:
+                            started = monotonic()
+                            if self._size >= self.maxconn:
+                                self._stats[EXHAUSTED] += 1
+                        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+                            error, event = self._refused()
+                        else:
+                            waiter = self._enqueue()
+                # Outside the lock from here on: listeners may use the pool.
+                if event is not None:
+                    self._emit(self._on_timeout, event)
+                if error is not None:
+                    raise error
+                if reserved:
+                    opening = monotonic()
+                    conn = self._attempt()
+                    rec = conn._pool_rec
+                    now = monotonic()
+                    with self._lock:  # one line: no raise can split the hand-out
+                        self._connecting, self._opening, rec.state, rec.since, reserved = (
+                            self._connecting - 1, self._opening - 1, _OUT, now, False)
+                        self._out[rec.conn_id] = rec
+                        conn._pool = self
+                        self._ensure_opening()  # minconn, after a discard of this checkout
+                        self._opened_one()
+                    return self._checked_out(conn, opening, opened=True)
+            except BaseException:
+                if reserved:  # the slot this thread reserved to open into, not handed out
+                    self._unreserve_inline(conn)
+                raise
+            if waiter is not None:
+                conn = self._await(waiter, started, limit)
             rec = conn._pool_rec
-            reason = self._unusable(conn, rec, rec.since, rec.returned_at)
-            if reason is None:
-                return self._checked_out(conn, started)
-            self._discard(conn, rec, reason)
+            since = rec.since
+            try:
+                reason = self._unusable(conn, rec, since, rec.returned_at)
+                if reason is None:
+                    return self._checked_out(conn, started)
+                self._discard(conn, rec, reason)
+            except BaseException:
+                self._abandon(rec, since)
+                raise
+
+    def _reserve_inline(self) -> bool:
+        """Reserve a slot for this ``timeout=0`` caller to open into (lock held): one whose
+        background open has not started (so that a refill never fails it), else a new one
+        below ``maxconn``. Each branch commits in one line: no raise can split it."""
+        if not self._waiters:  # reserved slots are the waiters' otherwise
+            if self._deferred:
+                self._deferred, self._connecting = self._deferred - 1, self._connecting + 1
+                return True
+            if self._parked:
+                self._parked, self._connecting = self._parked - 1, self._connecting + 1
+                return True
+            if self._queued:  # its OpenConnection task will find it taken and do nothing
+                self._queued, self._taken, self._connecting = (
+                    self._queued - 1, self._taken + 1, self._connecting + 1)
+                return True
+        if self._size < self.maxconn:
+            self._size, self._opening, self._connecting = (
+                self._size + 1, self._opening + 1, self._connecting + 1)
+            return True
+        return False
+
+    def _unreserve_inline(self, conn: Connection | None) -> None:
+        """Give back a slot reserved by :meth:`_reserve_inline` whose connection was not
+        handed out (the open failed, or was interrupted); close the connection if it exists."""
+        if conn is not None:
+            conn._pool_rec.state = _GONE  # NEW: this thread's alone
+            with contextlib.suppress(Exception):
+                conn.close()
+        with self._lock:
+            self._connecting, self._opening = self._connecting - 1, self._opening - 1
+            self._free_slot()
 
     def _take_one_idle(self) -> Connection:
-        """Pop the newest idle connection and mark it checked out (lock held)."""
-        conn = self.idle_connections.pop()
+        """Take the newest idle connection and mark it checked out (lock held)."""
+        conn = self.idle_connections[-1]
         rec = conn._pool_rec
-        rec.returned_at = self.return_times.pop(conn, 0.0)
-        rec.since = monotonic()
+        rec.state = _OUT  # first, as in getconn
         self._out[rec.conn_id] = rec
+        rec.returned_at = self.return_times.pop(conn, 0.0)
+        self.idle_connections.pop()
+        rec.since = monotonic()
+        conn._pool = self
+        return conn
+
+    def _take_oldest_idle(self) -> Connection:
+        """Take the oldest idle connection out of the pool to close it (lock held)."""
+        conn = self.idle_connections[0]
+        rec = conn._pool_rec
+        rec.state, self._closing = _CLOSING, self._closing + 1  # first: one line
+        self.idle_connections.popleft()
+        self.return_times.pop(conn, None)
         return conn
 
     def _checked_out(self, conn: Connection, started: float, *, opened: bool = False
                      ) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
         if self._checkout_hooked:
-            if self._stack_depth:  # from here: the pool's own frames are trimmed by readers
-                rec = conn._pool_rec
-                rec.taken = (_stack(_getframe(1), self._stack_depth),
-                             _threads_get(_get_ident()) or _current_thread(), rec.since)
-            wait = monotonic() - started if started else 0.0
-            waited = bool(started) and not opened
-            self._emit_fields(self._on_checkout_fields, conn, wait, waited, opened)
-            if self._on_checkout:
-                self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, waited, opened))
+            rec = conn._pool_rec
+            since = rec.since
+            try:
+                if self._stack_depth:  # from here: the pool's own frames are trimmed by readers
+                    rec.taken = (_stack(_getframe(1), self._stack_depth),
+                                 _threads_get(_get_ident()) or _current_thread(), since)
+                wait = monotonic() - started if started else 0.0
+                waited = bool(started) and not opened
+                self._emit_fields(self._on_checkout_fields, conn, wait, waited, opened)
+                if self._on_checkout:
+                    self._emit(self._on_checkout, CheckoutEvent(self, conn, wait, waited, opened))
+            except BaseException:  # interrupted before the caller got it: discarded
+                self._abandon(rec, since)
+                raise
         return conn
 
     def _unusable(self, conn: Connection, rec: Record, now: float,
                   returned: float) -> str | None:
-        """Why an idle connection must not be handed out, or None when it is fine."""
+        """Why a connection must not be handed out, or None when it is fine: every checkout
+        from the idle deque, a hand-over and a background open alike."""
         if conn.get_transaction_status() != _IDLE:
             return closed_reason(conn)
         if self.idle_timeout and now - returned > self.idle_timeout:
@@ -620,15 +733,34 @@ class ConnectionPool(Upkeep):
                 return DiscardReason.FAILED_CHECK
             if conn.get_transaction_status() != _IDLE:
                 return DiscardReason.FAILED_CHECK
+            if self._check_failures:  # checks pass again: replacements open at once
+                with self._lock:
+                    self._check_failures = 0
         return None
 
     def _discard(self, conn: Connection, rec: Record, reason: str) -> None:
-        """Drop a connection that failed its checkout checks. Its slot is not refilled in the
-        background: the caller goes on to take another, open one or wait (which refills)."""
+        """Drop a checked-out connection that failed its checkout checks. Its slot is not
+        refilled in the background: the caller goes on to take another, open one or wait
+        (which refills)."""
+        now = monotonic()
         with self._lock:
-            self._out.pop(rec.conn_id, None)
-            self._size -= 1
-        self._close_connection(conn, rec, reason, monotonic())
+            self._begin_close(rec)
+            if reason == DiscardReason.FAILED_CHECK:  # back off the opens that replace it
+                self._check_failures += 1
+                delay = min(MAX_DELAY, INITIAL_DELAY * FACTOR ** (self._check_failures - 2))
+                self._check_retry_at = now + random.uniform(delay / 2, delay)
+        self._close_connection(conn, rec, reason, now, refill=False)
+
+    def _abandon(self, rec: Record, since: float) -> None:
+        """Settle the checked-out connection of a checkout or return that a BaseException
+        interrupted: closed (its state is in doubt), unless it was settled already (kept,
+        handed over, closed) or belongs to a later checkout."""
+        conn = rec.ref()
+        with self._lock:
+            if rec.state is not _OUT or rec.since != since or conn is None:
+                return
+            self._begin_close(rec)
+        self._close_connection(conn, rec, DiscardReason.INTERRUPTED, monotonic())
 
     def _getconn_keyed(self, key: Hashable, timeout: float | None) -> Connection:
         """psycopg2.pool's keys: one connection per key, whoever asks and however many at once."""
@@ -655,88 +787,95 @@ class ConnectionPool(Upkeep):
 
     # -- waiting and hand-over -------------------------------------------------------------
     # A caller that may wait queues as a _Waiter; putconn and the background opens hand
-    # connections to the first in the queue, so nobody barges ahead of a waiter.
+    # connections to the first in the queue, so nobody barges ahead of a waiter. The waiter
+    # blocks on its own lock, outside the pool's.
 
-    def _wait(self, started: float, timeout: float) -> Connection:
-        """Queue for a connection; called and returns with the lock held.
-
-        Returns the connection handed over by ``putconn`` or by a background open.
-        """
-        lock = self._lock
-        if self.max_waiting and len(self._waiters) >= self.max_waiting:
-            raise self._refused()
+    def _enqueue(self) -> _Waiter:
+        """Queue a waiter and start the opens it may need (lock held)."""
         waiter = _Waiter()
         self._waiters.append(waiter)
         self._stats[WAITS] += 1
         self._ensure_opening()  # room in the pool: a background open serves the queue
+        return waiter
+
+    def _await(self, waiter: _Waiter, started: float, timeout: float) -> Connection:
+        """Wait, outside the lock, until ``waiter`` is served or ``timeout`` passes since
+        ``started``; the connection handed over (checked out for this caller)."""
         deadline = started + timeout
+        event: TimeoutEvent | None = None
         try:
             while True:
                 remaining = deadline - monotonic()
-                lock.release()
-                try:
-                    # Bounded slices: a connection collected while another thread held the
-                    # lock frees its slot only when someone drains it (rare; see _collected).
-                    got = remaining > 0 and waiter.lock.acquire(timeout=min(remaining, 1.0))
-                finally:
-                    lock.acquire()
-                if got or waiter.conn is not None or waiter.error is not None:
-                    break
-                if self._collected:
-                    self._drain_collected()
-                    continue
-                if monotonic() >= deadline:
+                if remaining > 0:
+                    waiter.lock.acquire(timeout=remaining)
+                with self._lock:
+                    if waiter.conn is not None or waiter.error is not None:
+                        break  # served (perhaps at the last moment)
+                    if monotonic() < deadline:
+                        continue
                     self._waiters.remove(waiter)
                     self._trim_opening()
-                    raise self._timed_out(started, timeout)
-        except BaseException:  # timed out, or interrupted: leave nothing behind (lock held)
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                self._trim_opening()
-            elif waiter.conn is not None:  # served at the last moment: pass it on
-                conn, rec = waiter.conn, waiter.conn._pool_rec
-                if self._waiters:
-                    self._hand_over(conn, rec, monotonic())
-                else:
-                    self._out.pop(rec.conn_id, None)
-                    self.return_times[conn] = monotonic()
-                    self.idle_connections.append(conn)
+                    _, event = self._timed_out(started, timeout)
+                break
+        except BaseException:  # interrupted: leave nothing behind
+            self._leave_queue(waiter)
             raise
         finally:
-            self._stats[WAIT_TIME] += monotonic() - started
+            with self._lock:
+                self._stats[WAIT_TIME] += monotonic() - started
+        if event is not None:
+            if self._on_timeout:
+                self._emit(self._on_timeout, event)
+            raise event.error
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
 
+    def _leave_queue(self, waiter: _Waiter) -> None:
+        """An interrupted waiter leaves the queue; a connection handed to it at the last
+        moment goes to the next waiter, or back to the idle deque (closed if the pool is)."""
+        now = monotonic()
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._trim_opening()
+                return
+            conn, waiter.conn = waiter.conn, None
+            if conn is None or conn._pool_rec.state is not _OUT:
+                return
+            rec = conn._pool_rec
+            if not self._closed:
+                self._settle(conn, rec, now)
+                return
+            self._begin_close(rec)
+        self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+
     def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
-        """Give a checked-in (or new) connection to the first waiter (lock held)."""
+        """Give a kept (or new) connection to the first waiter, checked out (lock held)."""
         waiter = self._waiters.popleft()
-        rec.since = now
         self._out[rec.conn_id] = rec
+        rec.state, rec.returning, rec.since, rec.returned_at = _OUT, False, now, now
+        conn._pool = self
         waiter.conn = conn
         waiter.lock.release()
 
-    def _hand_over_idle(self) -> None:
-        """Serve waiters from the idle connections, or close them if the pool closed."""
-        with self._lock:
-            conns = self._take_idle() if self._closed else []
-            while self._waiters and self.idle_connections:
-                conn = self.idle_connections.pop()
-                self.return_times.pop(conn, None)
-                self._hand_over(conn, conn._pool_rec, monotonic())
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.POOL_CLOSED, now)
+    def _settle(self, conn: Connection, rec: Record, now: float) -> None:
+        """A kept connection, checked out or new: to the first waiter, else idle (lock held)."""
+        conn._pool = None  # a returned connection does not keep its pool alive
+        if self._waiters:
+            self._hand_over(conn, rec, now)
+            return
+        self.idle_connections.append(conn)  # first: idle before it stops being out
+        self.return_times[conn] = now
+        rec.state, rec.returning, rec.returned_at = _IDLE_STATE, False, now
+        if self._out.get(rec.conn_id) is rec:
+            del self._out[rec.conn_id]
 
     def _place(self, conn: Connection, rec: Record, now: float) -> None:
         """A new connection for the pool: to the first waiter, else idle (lock held)."""
-        if self._waiters:
-            self._hand_over(conn, rec, now)
-        else:
-            self.return_times[conn] = now  # first: a lock-free getconn may pop it at once
-            self.idle_connections.append(conn)
+        self._settle(conn, rec, now)
 
-    def _timed_out(self, started: float, timeout: float) -> psycopg2.OperationalError:
+    def _timed_out(self, started: float, timeout: float) -> tuple[Exception, TimeoutEvent]:
         """The error of a waiter whose timeout passed (lock held): the server could not be
         reached (connects failing, or not answering), else the pool is exhausted."""
         backoff = self._backoff
@@ -761,13 +900,12 @@ class ConnectionPool(Upkeep):
             waited=waited, timeout=timeout, attempts=backoff.failures,
             unavailable_for=backoff.unavailable_for(now))
         error.__cause__ = backoff.last_error
-        self._announce_timeout(TimeoutEvent(self, waited, timeout, error))
-        return error
+        return error, TimeoutEvent(self, waited, timeout, error)
 
-    def _exhausted(self, started: float, timeout: float) -> PoolExhausted:
-        """Build the exhaustion error (lock held) and announce it (listeners run unlocked)."""
+    def _exhausted(self, started: float, timeout: float) -> tuple[Exception, TimeoutEvent]:
+        """The exhaustion error and its event (lock held; the caller announces it unlocked)."""
         waited = monotonic() - started if timeout > 0 else 0.0
-        in_use = self._size - len(self.idle_connections) - self._opening
+        in_use = self._size - len(self.idle_connections) - self._opening - self._closing
         self._stats[TIMEOUTS] += 1
         queued = len(self._waiters)
         wait_text = (f"waited {waited:.3g} s (timeout={timeout:g} s)" if timeout > 0 else
@@ -778,114 +916,107 @@ class ConnectionPool(Upkeep):
             f"{wait_text}. Return every connection (use `with pool.connection() as conn:` "
             f"or putconn() in a finally block), raise maxconn, or pass timeout= to wait longer.",
             maxconn=self.maxconn, in_use=in_use, waited=waited, timeout=timeout)
-        self._announce_timeout(TimeoutEvent(self, waited, timeout, error))
-        return error
+        return error, TimeoutEvent(self, waited, timeout, error)
 
-    def _refused(self) -> TooManyRequests:
+    def _refused(self) -> tuple[Exception, TimeoutEvent]:
         """The error of a caller refused because ``max_waiting`` wait already (lock held)."""
-        in_use = self._size - len(self.idle_connections) - self._opening
+        in_use = self._size - len(self.idle_connections) - self._opening - self._closing
         self._stats[REQUESTS_REFUSED] += 1
         error = TooManyRequests(
             f"the pool {self.name!r} refused the request: max_waiting={self.max_waiting} "
             f"requests are already waiting for a connection (maxconn={self.maxconn:g}, "
             f"{in_use} in use). Retry later, shed load, or raise max_waiting or maxconn.",
             maxconn=self.maxconn, in_use=in_use, waited=0.0, timeout=self._timeout)
-        self._announce_timeout(TimeoutEvent(self, 0.0, self._timeout, error))
-        return error
-
-    def _announce_timeout(self, event: TimeoutEvent) -> None:
-        """Send ``on_timeout`` (lock held: released around the listeners)."""
-        if self._on_timeout:
-            self._lock.release()
-            try:
-                self._emit(self._on_timeout, event)
-            finally:
-                self._lock.acquire()
+        return error, TimeoutEvent(self, 0.0, self._timeout, error)
 
     # -- return ----------------------------------------------------------------------------
 
-    def _claim_return(self, conn: Connection, rec: Record | None,
-                      key: Hashable | None) -> Record:
-        """The slow path of putconn: keys, and every kind of misuse, with precise errors."""
-        if rec is not None and rec.ref() is not conn:  # not ours after all: put it back
-            self._out[rec.conn_id] = rec
-            rec = None
-        if rec is None:
+    def _claim_return(self, conn: Connection, rec: Record | None, key: Hashable | None) -> None:
+        """The slow path of putconn (lock held): keys, and every kind of misuse, with precise
+        errors."""
+        if rec is None or rec.out is not self._out:
             if not isinstance(conn, extensions.connection):
                 raise TypeError(f"putconn() takes a connection from this pool's getconn(), "
                                 f"got {type(conn).__name__}")
-            if getattr(conn, "_pool", None) is self:
-                if _forking.inherited(self, conn):
-                    raise PoolError("this connection was checked out in the parent process "
-                                    "before os.fork(); the child cannot use or return it — "
-                                    "check out a new one in the child")
-                raise PoolError("this connection was already returned to the pool; "
-                                "return each connection once")
             raise PoolError("this connection does not belong to this pool (it was not "
                             "checked out with this pool's getconn()); close it yourself or "
                             "return it to the pool it came from")
-        with self._lock:
-            if key is not None and rec.key != key:
-                self._out[rec.conn_id] = rec
-                raise PoolError(f"this connection was not checked out under key {key!r}")
-            if rec.key is not None:
-                self._keys.pop(rec.key, None)
-                rec.key = None
-        return rec
+        if rec.state is not _OUT or rec.returning:
+            if _forking.inherited(self, conn):
+                raise PoolError("this connection was checked out in the parent process "
+                                "before os.fork(); the child cannot use or return it — "
+                                "check out a new one in the child")
+            raise PoolError("this connection was already returned to the pool; "
+                            "return each connection once")
+        if key is not None and rec.key != key:
+            raise PoolError(f"this connection was not checked out under key {key!r}")
+        if rec.key is not None:
+            self._keys.pop(rec.key, None)
+            rec.key = None
 
-    def _putconn_slow(self, conn: Connection, rec: Record, now: float, close: bool) -> None:
-        """Return with a reset, a discard, a waiter to serve, or the pool closed."""
-        reason: str | None = DiscardReason.CLOSED_BY_USER if close else None
-        if reason is None:
-            status = conn.get_transaction_status()
-            if status:
-                reason = self._reset(conn, status)
-        if reason is None and now >= rec.expires:
-            reason = DiscardReason.MAX_LIFETIME
-        if reason is None and self._closed:
-            reason = DiscardReason.POOL_CLOSED
-        if reason is None and self._size > self.maxconn:
-            reason = DiscardReason.RESIZED
-        if reason is None and self._idle_zero and len(self.idle_connections) >= self.minconn:
-            reason = DiscardReason.IDLE_TIMEOUT
-        if reason is None and self._reset_hook is not None:
-            reason = self._run_reset(conn, rec)
-        if self._checkin_hooked:  # before anyone else can check it out: events stay in order
-            use_time, kept = now - rec.since, reason is None
-            self._emit_fields(self._on_checkin_fields, conn, use_time, kept, reason)
-            if self._on_checkin:
-                self._emit(self._on_checkin, CheckinEvent(self, conn, use_time, kept, reason))
-        with self._lock:
-            if reason is None and self._closed:  # close() ran since the check above
-                reason = DiscardReason.POOL_CLOSED
-            if reason is not None:
-                self._free_slot()
+    def _putconn_slow(self, conn: Connection, rec: Record, now: float, since: float,
+                      close: bool) -> None:
+        """Return with a reset, a discard or listeners (``rec.returning`` is set)."""
+        try:
+            reason: str | None = DiscardReason.CLOSED_BY_USER if close else None
+            if reason is None:
+                status = conn.get_transaction_status()
+                if status:
+                    reason = self._reset(conn, status)
+            if reason is None and now >= rec.expires:
+                reason = DiscardReason.MAX_LIFETIME
+            if reason is None:
+                with self._lock:
+                    reason = self._surplus()
+            if reason is None and self._reset_hook is not None:
+                reason = self._run_reset(conn, rec)
+            if self._checkin_hooked:  # before anyone else can check it out: events in order
+                use_time, kept = now - rec.since, reason is None
+                self._emit_fields(self._on_checkin_fields, conn, use_time, kept, reason)
+                if self._on_checkin:
+                    self._emit(self._on_checkin, CheckinEvent(self, conn, use_time, kept, reason))
+            with self._lock:
+                if reason is None and self._closed:  # close() ran since the check above
+                    reason = DiscardReason.POOL_CLOSED
+                if reason is None:
+                    self._settle(conn, rec, now)
+                    return
+                self._begin_close(rec)
                 self._update_slow_return()
-            elif self._waiters:
-                self._hand_over(conn, rec, now)
-            else:
-                self.return_times[conn] = now
-                self.idle_connections.append(conn)
-        if reason is not None:
-            self._close_connection(conn, rec, reason, now)
+        except BaseException:  # interrupted: the connection is discarded, its slot kept
+            self._abandon(rec, since)
+            raise
+        self._close_connection(conn, rec, reason, now)
+
+    def _surplus(self) -> str | None:
+        """Why a returned connection is not kept although it is fine (lock held)."""
+        if self._closed:
+            return DiscardReason.POOL_CLOSED
+        if self._size - self._closing > self.maxconn:
+            return DiscardReason.RESIZED
+        if self._idle_zero and len(self.idle_connections) >= self.minconn:
+            return DiscardReason.IDLE_TIMEOUT
+        return None
 
     def _run_reset(self, conn: Connection, rec: Record) -> str | None:
         """Call the ``reset`` hook on a returned connection; the discard reason if it fails."""
         rec.hook = True
+        error: Exception | None = None
         try:
             self._bounded(self._reset_hook, conn)  # type: ignore[arg-type]
             if conn.get_transaction_status() == _IDLE:
                 return None
             problem = "left a transaction open"
         except Exception as exc:  # noqa: BLE001 - a connection that cannot be reset goes
-            problem = f"raised {type(exc).__name__}"
+            problem = f"raised {type(exc).__name__}: {one_line(exc)}"
+            error = exc
         finally:
             rec.hook = False
         if not self._reset_failed_logged:  # once per pool: discard events count the rest
             self._reset_failed_logged = True
             logger.warning("pool %r: the reset callable %s; the connection was discarded "
                            "(reported once; see the discarded_failed_reset statistic)",
-                           self.name, problem)
+                           self.name, problem, exc_info=error)
         return DiscardReason.FAILED_RESET
 
     def _reset(self, conn: Connection, status: int) -> str | None:
@@ -903,67 +1034,72 @@ class ConnectionPool(Upkeep):
         return None if conn.get_transaction_status() == _IDLE else DiscardReason.BROKEN
 
     def _bounded(self, call: Callable[[Connection], object], conn: Connection) -> None:
-        """``call(conn)``, its socket shut down should it take longer than ``io_timeout``."""
+        """``call(conn)``, its socket shut down should it take longer than ``io_timeout``;
+        raises :class:`IOTimeout` then, whatever ``call`` did, so that the connection is
+        discarded (its session may look idle, but its socket is gone)."""
         seconds = self.io_timeout
         if seconds is None:
             call(conn)
             return
         token = WATCHDOG.arm(conn.fileno(), seconds)
+        fired = False
         try:
             call(conn)
         finally:
-            if WATCHDOG.disarm(token):
+            fired = WATCHDOG.disarm(token)
+            if fired:
                 logger.warning("pool %r: a %s took longer than io_timeout=%gs; the connection "
                                "was shut down and will be discarded", self.name,
                                getattr(call, "__name__", "round trip"), seconds)
+        if fired:
+            raise IOTimeout(f"{getattr(call, '__name__', 'round trip')} took longer than "
+                            f"io_timeout={seconds:g}s")
 
     def _update_slow_return(self) -> None:
         """Whether every ``putconn`` must take the slow path (lock held)."""
         self._slow_return = (self._closed or self._reset_hook is not None
-                             or self._size > self.maxconn)
+                             or self._size - self._closing > self.maxconn)
 
     def _take_idle(self) -> list[Connection]:
-        """Take every idle connection out of the pool (lock held)."""
+        """Take every idle connection out of the pool to close them (lock held)."""
         conns = []
-        while True:
-            try:
-                conns.append(self.idle_connections.popleft())
-            except IndexError:
-                break
-        for conn in conns:
-            self.return_times.pop(conn, None)
-        self._size -= len(conns)
+        while self.idle_connections:
+            conns.append(self._take_oldest_idle())
         return conns
 
     # -- fork ------------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        """Forget every inherited connection without touching the parent's sessions."""
+        """Forget every inherited connection without touching it: no close, no free (a
+        parent's thread may hold psycopg2's mutex of one for ever), no listener (its locks
+        may be held too); the discards are announced later, by a task."""
         self._lock = threading.Lock()
-        self._opened = threading.Condition(self._lock)
         self._waiters = deque()
+        self._open_signals = []
         self._collected = deque()
-        conns = list(self.idle_connections)
-        conns += [c for r in list(self._out.values()) if (c := r.ref()) is not None]
+        recs = [conn._pool_rec for conn in self.idle_connections]
+        recs += [rec for rec in self._out.values() if rec.state is _OUT]
+        pairs = [(c, rec) for rec in recs if (c := rec.ref()) is not None]
+        conns = [c for c, _ in pairs]
+        for rec in recs:
+            rec.state = _GONE
         self.idle_connections.clear()
         self.return_times.clear()
         self._out.clear()
         self._keys.clear()
-        self._size = 0
+        self._size = self._closing = 0
         self._reset_openings()
-        _forking.detach(self, conns)
-        now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.FORK, now)
+        _forking.detach(self, conns)  # kept for ever, their sockets pointed at /dev/null
+        self._discards[DiscardReason.FORK] += len(conns)
+        _collector.start()
         SCHEDULER.register(self, self.num_workers)  # the child's scheduler starts empty
+        if conns and self._on_discard:
+            SCHEDULER.call_soon(AnnounceFork(self, [
+                DiscardEvent(self, conn, rec.conn_id, rec.backend_pid, DiscardReason.FORK,
+                             monotonic() - rec.created) for conn, rec in pairs]))
         with self._lock:
             self._ensure_opening()  # back to minconn, in the child's background
         self._start_upkeep()
-
-
-def _count(counter: itertools.count[int]) -> int:
-    """The next value an ``itertools.count`` would give, i.e. how many were taken."""
-    return int(repr(counter)[6:-1])
 
 
 #: psycopg2.pool's name; the same thread-safe class.

@@ -1,7 +1,8 @@
 """One background scheduler for the upkeep of every pool in the process.
 
 Pools hand it *tasks* (the named classes of :mod:`psycopg2_pool.upkeep`) to run now or at a
-given time. Worker threads named ``psycopg2_pool-upkeep`` run them. A task that blocks (a
+given time. Worker threads named ``psycopg2_pool-upkeep`` run them (while one runs a task,
+its name says which task, for which pool). A task that blocks (a
 connect to a server that does not answer) holds one worker only: when a task falls due and
 no worker is free, another is started, up to one plus the ``num_workers`` of every live
 pool (each pool runs at most that many connects at once), so a pool whose server hangs
@@ -26,6 +27,8 @@ logger = logging.getLogger("psycopg2_pool")
 
 #: Seconds a spare worker waits for work before it leaves.
 IDLE_EXIT = 10.0
+#: A worker's name between tasks; while it runs one, ``psycopg2_pool-upkeep: <task> [<pool>]``.
+_IDLE_NAME = "psycopg2_pool-upkeep"
 
 
 class Task(Protocol):
@@ -83,7 +86,7 @@ class Scheduler:
                 self._sleepers.pop().set()
             elif self._workers < self.max_workers:
                 self._workers += 1
-                threading.Thread(target=self._work, name="psycopg2_pool-upkeep",
+                threading.Thread(target=self._work, name=_IDLE_NAME,
                                  daemon=True).start()
 
     @property
@@ -106,45 +109,55 @@ class Scheduler:
             self._sleepers.pop().set()
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:  # whatever ends the loop, the count stays true
+            with self._lock:
+                self._workers -= 1
+
+    def _serve(self) -> None:
         lock, heap, sleepers = self._lock, self._heap, self._sleepers
         wake = threading.Event()
         idle_since = monotonic()
-        with lock:
-            while True:
+        while True:
+            with lock:
                 now = monotonic()
+                task = None
                 if heap and heap[0][0] <= now:
                     task = heapq.heappop(heap)[2]
-                    lock.release()
-                    try:
-                        self._run(task)
-                    finally:
-                        lock.acquire()
-                    idle_since = monotonic()
-                    continue
-                if not heap and not self._pools:
-                    break  # nothing scheduled, no pool alive: stop
-                if now - idle_since >= IDLE_EXIT and (sleepers or not heap):
-                    break  # a spare: another idle worker keeps the heap
-                wait = IDLE_EXIT if not heap else min(heap[0][0] - now, IDLE_EXIT)
-                wake.clear()
-                sleepers.append(wake)
-                lock.release()
-                try:
-                    wake.wait(wait)
-                finally:
-                    lock.acquire()
-                    if wake in sleepers:  # timed out, not claimed by a new task
-                        sleepers.remove(wake)
-            self._workers -= 1
+                elif not heap and not self._pools:
+                    return  # nothing scheduled, no pool alive: stop
+                elif now - idle_since >= IDLE_EXIT and (sleepers or not heap):
+                    return  # a spare: another idle worker keeps the heap
+                else:
+                    wait = IDLE_EXIT if not heap else min(heap[0][0] - now, IDLE_EXIT)
+                    wake.clear()
+                    sleepers.append(wake)
+            if task is not None:
+                self._run(task)
+                idle_since = monotonic()
+                continue
+            wake.wait(wait)
+            with lock:
+                if wake in sleepers:  # timed out, not claimed by a new task
+                    sleepers.remove(wake)
 
     def _run(self, task: Task) -> None:
+        """Run a task under a thread name that says whose and what it is; a task that raises
+        anything at all is logged (once per kind) and the worker goes on."""
+        thread = threading.current_thread()
+        pool = task.pool_ref()
+        thread.name = f"{_IDLE_NAME}: {task.name} [{getattr(pool, 'name', '?')}]"
+        del pool
         try:
             task.run()
-        except Exception:  # a failing task must not kill the worker
+        except BaseException:
             if task.name not in self._failed:  # once per kind of task: no flood
                 self._failed.add(task.name)
                 logger.exception("psycopg2_pool: background task %s failed; upkeep goes on",
                                  task.name)
+        finally:
+            thread.name = _IDLE_NAME
 
 
 #: The process's scheduler.

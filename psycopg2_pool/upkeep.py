@@ -45,8 +45,9 @@ from collections.abc import Callable, Hashable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
+from . import _collector
 from ._driver import extensions, psycopg2
-from .connection import Record
+from .connection import CLOSING, GONE, OUT, Record
 from .errors import PoolError, one_line
 from .events import (
     Checkout,
@@ -88,23 +89,38 @@ class OpenConnection:
 
 
 class _Periodic:
-    """A task that runs when its pool says it is next due; ``generation`` retires old
-    chains when a setting changes and a new chain is started."""
+    """A task that runs when its pool says it is next due. It schedules its own next run
+    *before* its step (at the step's ``fallback`` period), so that a step that raises never
+    ends the chain; a step that finds an earlier due time schedules that too, and the
+    ``due`` it was scheduled for tells a superseded run to do nothing. ``generation`` retires
+    old chains when a setting changes and a new chain is started."""
 
-    __slots__ = ("generation", "pool_ref")
+    __slots__ = ("due", "generation", "pool_ref")
     name = "periodic"
 
-    def __init__(self, pool: Upkeep, generation: int) -> None:
+    def __init__(self, pool: Upkeep, generation: int, due: float) -> None:
         self.pool_ref: weakref.ref[Any] = weakref.ref(pool)
         self.generation = generation
+        self.due = due
 
     def run(self) -> None:
         pool = self.pool_ref()
-        if pool is None:
+        if pool is None or not pool._periodic_current(self):
             return
+        fallback = self._fallback(pool)
+        if fallback is None:
+            return
+        self._schedule(pool, monotonic() + fallback)  # first: a raising step goes on
         due = self._step(pool)
-        if due is not None:
-            SCHEDULER.call_at(due, self)
+        if due is not None and due < monotonic() + fallback:
+            self._schedule(pool, due)
+
+    def _schedule(self, pool: Upkeep, due: float) -> None:
+        pool._periodic_due[self.name] = due
+        SCHEDULER.call_at(due, type(self)(pool, self.generation, due))
+
+    def _fallback(self, pool: Upkeep) -> float | None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _step(self, pool: Upkeep) -> float | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -116,6 +132,10 @@ class PruneIdle(_Periodic):
     __slots__ = ()
     name = "prune_idle"
 
+    def _fallback(self, pool: Upkeep) -> float | None:
+        limit = pool._idle_limit
+        return None if limit == _INF else limit
+
     def _step(self, pool: Upkeep) -> float | None:
         return pool._prune_idle_due(self.generation)
 
@@ -126,12 +146,34 @@ class RetireExpired(_Periodic):
     __slots__ = ()
     name = "retire_expired"
 
+    def _fallback(self, pool: Upkeep) -> float | None:
+        lifetime = pool.max_lifetime
+        return None if lifetime is None else lifetime * 0.9
+
     def _step(self, pool: Upkeep) -> float | None:
         return pool._retire_expired_due(self.generation)
 
 
+class AnnounceFork:
+    """In a forked child: announce the inherited connections as ``fork`` discards, on a
+    worker rather than inside ``os.fork()`` (a listener's lock may have been held there)."""
+
+    __slots__ = ("events", "pool_ref")
+    name = "announce_fork"
+
+    def __init__(self, pool: Upkeep, events: list[DiscardEvent]) -> None:
+        self.pool_ref: weakref.ref[Any] = weakref.ref(pool)
+        self.events = events
+
+    def run(self) -> None:
+        pool = self.pool_ref()
+        if pool is not None:
+            for event in self.events:
+                pool._emit(pool._on_discard, event)
+
+
 #: Every kind of background task, for a reader and for ``SCHEDULER.pending()``.
-TASKS = (OpenConnection, PruneIdle, RetireExpired)
+TASKS = (OpenConnection, PruneIdle, RetireExpired, AnnounceFork)
 
 
 class Upkeep(Listeners):
@@ -144,10 +186,12 @@ class Upkeep(Listeners):
 
     # The pool's books, shared with the core.
     _lock: threading.Lock
-    _opened: threading.Condition  #: notified when a connection opens
+    _open_signals: list[threading.Lock]  #: wait()'s, released at each open
+    _self_ref: weakref.ref[Any]  #: the pool, weakly: what the collector is woken with
     _closed: bool
     _starting: bool  #: in __init__: open minconn on this thread, raise on failure
-    _size: int  #: open connections + reserved slots
+    _size: int  #: open connections (closing ones too) + reserved slots
+    _closing: int  #: connections being closed (CLOSING): counted in _size until closed
     _waiters: deque[Any]
     _out: dict[int, Record]  #: checked-out connections' records, by id()
     _keys: dict[Hashable, Connection]
@@ -168,7 +212,7 @@ class Upkeep(Listeners):
 
     def _init_upkeep(self) -> None:
         self._generation = 0  # of the periodic tasks (see _start_upkeep)
-        self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
+        self._periodic_due: dict[str, float] = {}  # task name -> the run that is current
         self._attempt_ids = itertools.count()
         self._reset_openings()
         # Told by a Record when its checked-out connection is garbage-collected; weak, as
@@ -187,6 +231,9 @@ class Upkeep(Listeners):
         self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
         self._retry_scheduled = False
         self._backoff = Backoff()
+        self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
+        self._check_failures = 0  # health checks failed in a row (see _start_open)
+        self._check_retry_at = 0.0
 
     def _as_pool(self) -> ConnectionPool:
         """This object as the events name it: the pool (slow paths only)."""
@@ -204,7 +251,7 @@ class Upkeep(Listeners):
 
     def _excess(self) -> int:
         """Reserved slots beyond what waiters and ``minconn`` need (lock held; may be < 0)."""
-        open_now = self._size - self._opening
+        open_now = self._size - self._opening - self._closing
         needed = len(self._waiters) + max(0, self.minconn - open_now)
         return self._opening - needed
 
@@ -229,9 +276,17 @@ class Upkeep(Listeners):
         pool's ``num_workers`` attempts are under way (lock held)."""
         if self._queued + self._bg_connecting < self.num_workers:
             self._queued += 1
-            SCHEDULER.call_soon(OpenConnection(self))
+            self._start_open()
         else:
             self._deferred += 1
+
+    def _start_open(self) -> None:
+        """Schedule an OpenConnection now, or once the backoff of failing health checks
+        allows (a server whose sessions fail their check is not hammered; lock held)."""
+        if self._check_failures >= 2:
+            SCHEDULER.call_at(self._check_retry_at, OpenConnection(self))
+        else:
+            SCHEDULER.call_soon(OpenConnection(self))
 
     def _attempt_ended(self) -> None:
         """A background attempt ended: start a deferred open in its place (lock held)."""
@@ -243,7 +298,7 @@ class Upkeep(Listeners):
                 self._schedule_retry()
             else:
                 self._queued += 1
-                SCHEDULER.call_soon(OpenConnection(self))
+                self._start_open()
 
     def _take_reserved(self) -> bool:
         """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
@@ -307,8 +362,7 @@ class Upkeep(Listeners):
                 self._connecting -= 1
                 self._attempt_ended()
                 if self._closed or self._excess() > 0:
-                    self._opening -= 1
-                    self._size -= 1
+                    self._opening, self._size = self._opening - 1, self._size - 1
                 else:  # still needed: wait for the next attempt of the outage
                     self._parked += 1
                     self._schedule_retry()
@@ -316,49 +370,45 @@ class Upkeep(Listeners):
         now = monotonic()
         rec = conn._pool_rec
         with self._lock:
-            self._connecting -= 1
+            self._connecting, self._opening = self._connecting - 1, self._opening - 1
             self._attempt_ended()
-            self._opening -= 1
             rec.since = now
             closed = bool(self._closed)  # read again: close() may have run during the attempt
             if closed:
-                self._size -= 1
+                self._begin_close(rec)
             else:
                 self._place(conn, rec, now)
-            self._opened.notify_all()
+            self._opened_one()
         if closed:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
 
-    def _open_inline(self, *, idle: bool) -> Connection:
-        """Open into a slot this thread reserved and counted as connecting (``__init__``,
-        ``timeout=0`` checkouts); on failure give the slot back and raise psycopg2's error."""
+    def _open_inline(self) -> None:
+        """Open into a slot this thread reserved and counted as connecting (``__init__``) and
+        make it idle; on failure give the slot back and raise psycopg2's error."""
         try:
             conn = self._attempt()
         except BaseException:
             with self._lock:
-                self._connecting -= 1
-                self._opening -= 1
+                self._connecting, self._opening = self._connecting - 1, self._opening - 1
                 self._free_slot()
             raise
         now = monotonic()
         rec = conn._pool_rec
-        close = False
         with self._lock:
-            self._connecting -= 1
-            self._opening -= 1
+            self._connecting, self._opening = self._connecting - 1, self._opening - 1
             rec.since = now
-            if self._closed and idle:
-                close = True
-                self._size -= 1
-            elif idle:
-                self._place(conn, rec, now)
-            else:
-                self._out[rec.conn_id] = rec
-                self._ensure_opening()  # minconn, after a discard of this checkout
-            self._opened.notify_all()
-        if close:
-            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
-        return conn
+            self._place(conn, rec, now)
+            self._opened_one()
+
+    def _opened_one(self) -> None:
+        """A connection opened: wake every ``wait()`` to look again (lock held)."""
+        self._release_open_signals()
+
+    def _release_open_signals(self) -> None:
+        """Release every ``wait()`` caller's signal (lock held)."""
+        signals, self._open_signals = self._open_signals, []
+        for signal in signals:
+            signal.release()
 
     def _attempt(self) -> Connection:
         """One connection attempt, outside the lock: connect, then ``configure``.
@@ -380,14 +430,15 @@ class Upkeep(Listeners):
         expires = _INF if self.max_lifetime is None else (
             created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
         rec = Record(conn, self._as_pool(), created, expires, self._out, self._collected_cb)
-        if self._configure is not None:
-            try:
+        try:
+            if self._configure is not None:
                 self._run_configure(conn, rec)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                self._attempt_failed(exc, started)
-                raise
+        except BaseException as exc:
+            rec.state = GONE  # a NEW record is its opening thread's alone
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._attempt_failed(exc, started)
+            raise
         now = monotonic()
         if self._on_connect:  # before anyone can check it out: events stay in order
             self._emit(self._on_connect, ConnectEvent(self._as_pool(), conn, now - started, None))
@@ -448,9 +499,14 @@ class Upkeep(Listeners):
             generation = self._generation
         now = monotonic()
         if self._idle_limit < _INF:
-            SCHEDULER.call_at(now + self._idle_limit, PruneIdle(self, generation))
+            PruneIdle(self, generation, 0.0)._schedule(self, now + self._idle_limit)
         if self.max_lifetime is not None:
-            SCHEDULER.call_at(now + self.max_lifetime * 0.9, RetireExpired(self, generation))
+            RetireExpired(self, generation, 0.0)._schedule(self, now + self.max_lifetime * 0.9)
+
+    def _periodic_current(self, task: Any) -> bool:
+        """Whether a periodic run is the one its chain expects (not superseded, not stale)."""
+        return (task.generation == self._generation and not self._closed
+                and self._periodic_due.get(task.name) == task.due)
 
     def _prune_idle_due(self, generation: int) -> float | None:
         """PruneIdle: close what is idle past ``idle_timeout``; when to run next."""
@@ -459,35 +515,13 @@ class Upkeep(Listeners):
             return None
         now = monotonic()
         with self._lock:
-            to_close = self._prune_idle(now)
-            self._ensure_opening()  # psycopg2-pool 1.2: then refill to minconn
-            oldest = self.return_times.get(self.idle_connections[0], now) \
-                if self.idle_connections else now
-        for conn in to_close:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.IDLE_TIMEOUT, now)
+            to_close = []
+            idle = self.idle_connections
+            while idle and now - self.return_times.get(idle[0], 0.0) > limit:
+                to_close.append(self._take_oldest_idle())
+            oldest = self.return_times.get(idle[0], now) if idle else now
+        self._close_all(to_close, DiscardReason.IDLE_TIMEOUT)  # then refills to minconn
         return oldest + limit + 0.005  # just past the moment the oldest one expires
-
-    def _prune_idle(self, now: float) -> list[Connection]:
-        """Take the connections idle past ``idle_timeout`` out of the pool (lock held)."""
-        idle = self.idle_connections
-        limit = self._idle_limit
-        pruned = []
-        while idle:
-            oldest = idle[0]
-            returned = self.return_times.get(oldest)
-            if returned is None or now - returned <= limit:
-                break
-            try:
-                popped = idle.popleft()
-            except IndexError:  # a lock-free getconn emptied it meanwhile
-                break
-            if popped is not oldest:  # a lock-free getconn took the oldest meanwhile
-                idle.appendleft(popped)
-                continue
-            self.return_times.pop(oldest, None)
-            pruned.append(oldest)
-        self._size -= len(pruned)
-        return pruned
 
     def _retire_expired_due(self, generation: int) -> float | None:
         """RetireExpired: close idle connections past their lifetime and replace them."""
@@ -495,76 +529,107 @@ class Upkeep(Listeners):
         if generation != self._generation or self._closed or lifetime is None:
             return None
         now = monotonic()
-        expired = []
         with self._lock:
-            for conn in list(self.idle_connections):
-                if conn._pool_rec.expires <= now:
-                    try:
-                        self.idle_connections.remove(conn)
-                    except ValueError:  # a lock-free getconn took it meanwhile
-                        continue
-                    self.return_times.pop(conn, None)
-                    expired.append(conn)
-            self._size -= len(expired)
-            self._ensure_opening()
-            recs = [c._pool_rec for c in self.idle_connections] + list(self._out.values())
-        for conn in expired:
-            self._close_connection(conn, conn._pool_rec, DiscardReason.MAX_LIFETIME, now)
+            expired = [c for c in self.idle_connections if c._pool_rec.expires <= now]
+            for conn in expired:
+                rec = conn._pool_rec
+                rec.state, self._closing = CLOSING, self._closing + 1  # first: one line
+                self.idle_connections.remove(conn)
+                self.return_times.pop(conn, None)
+            recs = [c._pool_rec for c in self.idle_connections]
+            recs += [r for r in self._out.values() if r.state is OUT]
+        self._close_all(expired, DiscardReason.MAX_LIFETIME)  # and opens their replacements
         upcoming = [r.expires for r in recs if r.expires > now]
         return min(upcoming, default=now + lifetime * 0.9) + 0.005
 
     # -- closing ---------------------------------------------------------------------------
+    # A connection leaves the pool in two steps: CLOSING (taken out of use; its slot still
+    # counted, so that its replacement cannot exceed maxconn on the server), then, once
+    # closed, GONE (its slot given back, the discard counted and announced).
+
+    def _take_oldest_idle(self) -> Connection:
+        """Take the oldest idle connection out of use, to be closed (lock held)."""
+        raise NotImplementedError  # pragma: no cover - the pool's (pool.py)
+
+    def _begin_close(self, rec: Record) -> None:
+        """A checked-out or new connection is to be closed (lock held)."""
+        rec.state, rec.returning, self._closing = CLOSING, False, self._closing + 1
+        if self._out.get(rec.conn_id) is rec:
+            del self._out[rec.conn_id]
 
     def _free_slot(self) -> None:
-        """A connection left the pool; open another in the background if waiters or
-        ``minconn`` need it (lock held)."""
+        """A reserved slot nothing was opened into is given back; open another in the
+        background if waiters or ``minconn`` need it (lock held)."""
         self._size -= 1
         self._ensure_opening()
 
-    def _close_connection(self, conn: Connection, rec: Record, reason: str, now: float) -> None:
-        """Close a connection already taken out of the books, and announce it."""
-        with contextlib.suppress(Exception):  # a broken connection may fail to close; it is gone
-            conn.close()
-        with self._lock:
-            self._discards[reason] += 1
+    def _close_all(self, conns: list[Connection], reason: str, *, refill: bool = True) -> None:
+        """Close connections taken out of use (CLOSING), one after the other."""
+        now = monotonic()
+        for conn in conns:
+            self._close_connection(conn, conn._pool_rec, reason, now, refill=refill)
+
+    def _close_connection(self, conn: Connection, rec: Record, reason: str, now: float, *,
+                          refill: bool = True) -> None:
+        """Close a CLOSING connection, then give its slot back (refilling to ``minconn`` and
+        serving waiters unless ``refill`` is False) and announce the discard."""
+        try:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                conn.close()
+        finally:
+            with self._lock:
+                if rec.state is CLOSING:
+                    rec.state, self._size, self._closing = GONE, self._size - 1, self._closing - 1
+                    self._discards[reason] += 1
+                    if refill:
+                        self._ensure_opening()
         if self._on_discard:
             self._emit(self._on_discard, DiscardEvent(self._as_pool(), conn, rec.conn_id,
                                                       rec.backend_pid, reason, now - rec.created))
 
+    # -- collected connections -------------------------------------------------------------
+
     def _connection_collected(self, rec: Record) -> None:
-        """Weakref callback: a checked-out connection was garbage-collected (any thread).
-
-        It may run while this very thread holds the lock, so it only queues the record and
-        drains the queue if the lock is free at once.
-        """
+        """A checked-out (or closing) connection was garbage-collected: called from the
+        collector's callback, on any thread, at any point of it. Queues, takes no lock."""
         self._collected.append(rec)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._drain_collected()
-            finally:
-                self._lock.release()
+        _collector.wake(self._self_ref)
 
-    def _drain_collected(self) -> None:
-        """Give back the slots of collected connections and announce them (lock held)."""
+    def _reclaim(self) -> None:
+        """Give back the slots of collected connections and announce them (lock not held):
+        on the collector thread, and first thing in a slow checkout or a snapshot."""
+        if not self._collected:
+            return
+        with self._lock:
+            events = self._drain_collected()
+        for event in events:
+            if self._on_discard:
+                self._emit(self._on_discard, event)
+
+    def _drain_collected(self) -> list[DiscardEvent]:
+        """Settle each collected record still unsettled (lock held); the events to send."""
         events = []
         while self._collected:
             rec = self._collected.popleft()
+            if rec.state is OUT:
+                rec.state, self._size = GONE, self._size - 1
+                reason = DiscardReason.GARBAGE_COLLECTED
+            elif rec.state is CLOSING:  # its closing thread dropped it before it was done
+                rec.state, self._size, self._closing = GONE, self._size - 1, self._closing - 1
+                reason = DiscardReason.INTERRUPTED
+            else:
+                continue
+            if self._out.get(rec.conn_id) is rec:
+                del self._out[rec.conn_id]
             if rec.key is not None:
                 self._keys.pop(rec.key, None)
-            self._discards[DiscardReason.GARBAGE_COLLECTED] += 1
-            self._free_slot()
+            self._discards[reason] += 1
             events.append(DiscardEvent(self._as_pool(), None, rec.conn_id, rec.backend_pid,
-                                       DiscardReason.GARBAGE_COLLECTED,
-                                       monotonic() - rec.created,
+                                       reason, monotonic() - rec.created,
                                        Checkout(rec.conn_id, None, rec.backend_pid, rec.since,
                                                 *rec.taken_by(rec.since))))
-        if events and self._on_discard:
-            self._lock.release()
-            try:
-                for event in events:
-                    self._emit(self._on_discard, event)
-            finally:
-                self._lock.acquire()
+        self._ensure_opening()
+        return events
 
 
-__all__ = ["TASKS", "OpenConnection", "PruneIdle", "RetireExpired", "Upkeep"]
+__all__ = ["TASKS", "AnnounceFork", "OpenConnection", "PruneIdle", "RetireExpired", "Upkeep"]

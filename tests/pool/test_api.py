@@ -433,6 +433,7 @@ def test_get_stats_after_a_known_workload(make_pool: MakePool) -> None:
         "discarded_cleared": 1,
         "discarded_failed_reset": 0,
         "discarded_resized": 0,
+        "discarded_interrupted": 0,
         "requests_refused": 0,
         "outages": 0,
         "unavailable_s": 0.0,
