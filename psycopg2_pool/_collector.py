@@ -1,14 +1,19 @@
-"""Give back the slots of dropped connections, off the garbage collector's callback.
+"""Give back the slots of dropped connections, with no Python code on the garbage collector's
+callback.
 
 A checked-out connection the application drops is collected on whatever thread happens to
 allocate, at any point of its code: inside the pool's critical section, inside the
 scheduler's, inside a listener's. Taking any lock there can deadlock (the thread may hold it
-already), so the weakref callback only appends the record to its pool's queue and puts the
-pool on this module's :class:`queue.SimpleQueue`, whose ``put`` is documented as reentrant
-(safe from ``__del__`` and weakref callbacks). One daemon thread per process,
-``psycopg2_pool-collector``, takes pools off that queue and gives their slots back under
-each pool's lock. It blocks in ``get()`` while there is nothing to do; a forked child starts
-its own when its first pool asks (:func:`start`).
+already), and Python code run there can be cut by a signal whose exception CPython then
+swallows ("Exception ignored in"). So each record's weak reference has, as its callback,
+:data:`QUEUE`'s ``put`` itself: a C method, documented as reentrant (safe from weakref
+callbacks), which queues the dead reference and runs no Python code at all. One daemon
+thread per process, ``psycopg2_pool-collector``, takes the references off the queue, finds
+each one's record in :data:`REGISTRY`, and has its pool give the slot back under the pool's
+lock. ``get_stats()``, ``checkouts()`` and a slow checkout drain the queue themselves first
+(:func:`drain`), so that they never answer before a connection collected earlier is counted.
+A forked child starts with an empty queue and registry, and its own thread when its first
+pool asks (:func:`start`).
 """
 
 from __future__ import annotations
@@ -18,56 +23,76 @@ import os
 import queue
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Record
 
 logger = logging.getLogger("psycopg2_pool")
 
-_queue: queue.SimpleQueue[weakref.ref[Any]] = queue.SimpleQueue()
+#: Dead weak references of pooled connections, put there by the garbage collector.
+QUEUE: queue.SimpleQueue[weakref.ref[Any]] = queue.SimpleQueue()
+#: The record of each live pooled connection, by its weak reference; a record leaves when it
+#: is gone (closed by its pool) or when the collector took it.
+REGISTRY: dict[weakref.ref[Any], Record] = {}
 _pid = 0  # the process whose thread runs
 _start_lock = threading.Lock()
+_failed = False
 
 
 def start() -> None:
-    """Make sure this process's collector thread runs (never called from a GC callback)."""
-    global _pid, _queue
+    """Make sure this process's collector thread runs (called when a pool is made)."""
+    global _pid
     if _pid == os.getpid():
         return
     with _start_lock:
         if _pid != os.getpid():
-            if _pid:  # a forked child: the parent's queue may hold the parent's pools
-                _queue = queue.SimpleQueue()
-            threading.Thread(target=_run, args=(_queue,), name="psycopg2_pool-collector",
+            threading.Thread(target=_run, args=(QUEUE,), name="psycopg2_pool-collector",
                              daemon=True).start()
             _pid = os.getpid()
 
 
-def wake(pool_ref: weakref.ref[Any]) -> None:
-    """Ask the collector to give back ``pool_ref()``'s collected slots: no lock, no
-    allocation beyond the queue's own (callable from a GC callback)."""
-    _queue.put(pool_ref)
+def drain() -> None:
+    """Dispatch every reference queued so far, on this thread (no lock held by the caller)."""
+    inbox = QUEUE
+    while True:
+        try:
+            ref = inbox.get_nowait()
+        except queue.Empty:
+            return
+        _dispatch(ref)
+
+
+def _dispatch(ref: weakref.ref[Any]) -> None:
+    rec = REGISTRY.pop(ref, None)
+    if rec is None:  # gone already (closed by its pool), or another thread's dispatch
+        return
+    pool = rec.pool()
+    if pool is not None:
+        pool._reclaim()  # finds every dead record of the pool, this one among them
 
 
 def _run(inbox: queue.SimpleQueue[weakref.ref[Any]]) -> None:
-    failed = False
+    global _failed
     while True:
-        pool = inbox.get()()
-        if pool is None:
-            continue
+        ref = inbox.get()
         try:
-            pool._reclaim()
+            _dispatch(ref)
         except BaseException:
-            if not failed:  # once per process: no flood
-                failed = True
+            if not _failed:  # once per process: no flood
+                _failed = True
                 logger.exception("psycopg2_pool: giving back a collected connection's slot "
                                  "failed; the collector goes on")
-        del pool
+        del ref
 
 
 def _after_fork_in_child() -> None:
-    global _start_lock
-    _start_lock = threading.Lock()  # the parent's may have been held at the fork
+    global QUEUE, REGISTRY, _start_lock
+    QUEUE = queue.SimpleQueue()  # the parent's may be mid-operation; its thread is not here
+    REGISTRY = {}  # the parent's records: the child keeps their connections for ever
+    _start_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["start", "wake"]
+__all__ = ["QUEUE", "REGISTRY", "drain", "start"]

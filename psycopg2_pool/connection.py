@@ -8,10 +8,11 @@ connection class (psycopg2's, or the ``connection_factory`` the user passed) tha
 record and pool in slots, refuses ``cursor()`` once returned, and whose ``with`` block hands it
 back (psycopg2's own ``with conn:`` ends the transaction but keeps it checked out).
 
-A record answers "is this connection checked out right now?" itself: it holds the pool's
-dict of checked-out records, so no module asks the pool through a private method. The
-connection's slots ``_pool``, ``_pool_rec`` and ``_pool_with`` are this module's; a record
-fills the first two. They are underscored because they sit on the caller's connection, beside
+A record answers "is this connection checked out right now?" itself (its ``state``), so no
+module asks the pool through a private method. The connection's slots ``_pool_rec`` and
+``_pool_with`` are this module's, and so is its ``_pool`` property (the pool while the
+connection is checked out, None once returned: a returned connection does not keep its pool
+alive). They are underscored because they sit on the caller's connection, beside
 psycopg2's own attributes; the pool reads ``conn._pool_rec`` on every checkout and return (an
 attribute read: the fast paths cannot afford a call).
 """
@@ -19,14 +20,14 @@ attribute read: the fast paths cannot afford a call).
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import _collector
 from ._driver import extensions
 from .errors import PoolError
 from .events import DiscardReason
@@ -49,10 +50,12 @@ class Record:
 
     ``state`` (NEW, IDLE, OUT, GONE) is written only under the pool's lock; ``returning`` is
     True while ``putconn`` works on a checked-out connection (rollback, ``reset``,
-    listeners). ``out`` is the pool's dict of checked-out records, and identifies the pool a
-    connection belongs to without keeping the pool alive. ``on_collected`` (a weak method of
-    the pool) is told, from the garbage collector's callback, when an OUT or CLOSING connection
-    is collected: the callback reads ``state`` and takes no lock (see pool.py's rules).
+    listeners). ``owner`` is the pool's dict of records, and identifies the pool a connection
+    belongs to without keeping the pool alive; ``pool`` is a weak reference to the pool.
+    The weak reference ``ref`` has the collector's queue as its callback
+    (:mod:`psycopg2_pool._collector`): a collected IDLE, OUT or CLOSING connection's slot is
+    given back by the collector thread, with no Python code run on the garbage collector's
+    callback (see pool.py's rules).
     A NEW record belongs to the thread opening its connection, which settles it; OUT and
     CLOSING ones are settled by the thread holding the connection, or, should that thread
     drop it unsettled (two exceptions at once), by the collector.
@@ -65,8 +68,8 @@ class Record:
         "expires",
         "hook",
         "key",
-        "on_collected",
-        "out",
+        "owner",
+        "pool",
         "ref",
         "returned_at",
         "returning",
@@ -76,15 +79,15 @@ class Record:
     )
 
     def __init__(self, conn: Any, pool: ConnectionPool, created: float, expires: float,
-                 out: dict[int, Record],
-                 on_collected: Callable[[], Callable[[Record], None] | None]) -> None:
-        conn._pool = None  # the slots of the pooled class (see pooled_class): set while out
-        conn._pool_rec = self
-        self.out = out
-        self.on_collected = on_collected
+                 owner: dict[int, Record]) -> None:
+        conn._pool_rec = self  # a slot of the pooled class (see pooled_class)
+        self.owner = owner
+        self.pool = weakref.ref(pool)  # weak: a connection never keeps its pool alive
         self.state = NEW
         self.returning = False
-        self.ref = weakref.ref(conn, self._collected)
+        # Collected: the dead reference is queued by a C method, no Python code runs.
+        self.ref = weakref.ref(conn, _collector.QUEUE.put)
+        _collector.REGISTRY[self.ref] = self
         self.conn_id = id(conn)
         self.backend_pid: int = conn.info.backend_pid
         self.created = created
@@ -111,25 +114,6 @@ class Record:
         if taken is None or taken[2] != since:
             return None, None
         return taken[0], taken[1]
-
-    #: Bound here, not looked up as a module global: during interpreter teardown the
-    #: module's globals may already be None when a connection held by a module is collected.
-    _finalizing = staticmethod(sys.is_finalizing)
-
-    def _collected(self, _ref: weakref.ref[Any]) -> None:
-        """The garbage collector's callback, on whatever thread collects, at any point of
-        that thread's code (even inside the pool's own critical sections): it reads
-        ``state`` and queues, nothing more; no lock."""
-        if self._finalizing():
-            # Interpreter teardown collects connections that modules still held: not leaks,
-            # and nothing can report them any more (imports are halted, so a listener that
-            # logs would fail and the failure would be printed as noise after the real
-            # traceback). The process ends; the server sees the sessions close.
-            return
-        if self.state is OUT or self.state is CLOSING:  # its slot is the pool's to give back
-            callback = self.on_collected()  # None once the pool is gone
-            if callback is not None:
-                callback(self)
 
 
 def closed_reason(conn: Any) -> str:
@@ -169,6 +153,12 @@ RETURNED = (
     "this connection was returned to the pool (putconn) and may now be someone else's: "
     "using it would run your statements in their session; check out a connection with "
     "pool.getconn() (or `with pool.connection() as conn:`) and use it only until you return it")
+
+
+def _pool_of(self: Any) -> ConnectionPool | None:
+    """The pool a checked-out connection belongs to; None once it was returned."""
+    rec = self._pool_rec
+    return rec.pool() if rec.state is OUT else None
 
 
 def _exit(self: Any, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -227,7 +217,8 @@ def _pooled_class(factory: type) -> type:
         return base_cursor(self, *args, **kwargs)
 
     return type(f"Pooled{factory.__name__}", (factory,), {
-        "__slots__": ("_pool", "_pool_rec", "_pool_with"),
+        "__slots__": ("_pool_rec", "_pool_with"),
+        "_pool": property(_pool_of),
         "__module__": __name__,
         "__enter__": _enter,
         "__exit__": _exit,

@@ -9,7 +9,7 @@ The rules (docs/layout.md repeats them; tests/pool/test_core_*.py and test_inter
 hold the pool to them):
 
 **One lock.** ``_lock`` guards every field of the books: ``idle_connections``,
-``return_times``, ``_out``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of
+``return_times``, ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of
 reserved slots (upkeep.py), ``_stats``, ``_discards``, ``_requests``, ``_returns``, ``_closed``
 and each record's ``state``/``returning``/``since``. Both fast paths (an idle connection at
 hand; a return with nothing to do) take it once, for a handful of ``deque``/``dict``
@@ -23,14 +23,14 @@ acquire that a signal interrupts raises before the block is entered, so no code 
 releases a lock it does not hold. Lock order: a pool's ``_lock``, then the scheduler's; the
 watchdog's and the collector's locks are never held with another.
 
-**What runs without it.** Two things only. The garbage collector's callback (a checked-out
-connection dropped by the application, :meth:`Record._collected`) reads the record's
-``state`` and appends it to ``_collected`` (a ``deque``, thread-safe) and wakes the
-collector thread (:mod:`psycopg2_pool._collector`, a reentrant ``SimpleQueue.put``): it
-takes no lock, since it may run on a thread that holds any lock at all (the pool's, the
-scheduler's, a listener's). Readers of snapshots for telemetry (``checkouts()``,
-``connections_in_use``) copy ``_out`` and read each record's fields, which are replaced
-whole, never mutated in place.
+**What runs without it.** Nothing of ours on the garbage collector's callback: a record's
+weak reference has a C method as its callback (``SimpleQueue.put``, reentrant), which
+queues the dead reference for the collector thread (:mod:`psycopg2_pool._collector`); no
+Python code runs there, so nothing can take a lock on a thread that may hold any lock at
+all (the pool's, the scheduler's, a listener's), and no signal can cut it short. The
+collector, and every snapshot first, settles the records whose connection is dead
+(:meth:`Upkeep._reclaim`, under the lock). The watchdog's disarm is one ``dict.pop``
+(:mod:`psycopg2_pool._watchdog`).
 
 **What may raise into the pool, where.** Listeners and the ``check``, ``reset`` and
 ``configure`` callables may raise anything; an ``Exception`` is contained (logged, counted,
@@ -63,7 +63,6 @@ opening, reconnecting, pruning, retiring and closing (a base class of the pool),
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -71,7 +70,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, MutableMapping
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import Any
@@ -152,6 +151,42 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
+class ReturnTimes(MutableMapping[Any, float]):
+    """psycopg2-pool 1.2's ``return_times`` (idle connection -> ``time.monotonic()`` when it
+    was returned), as a view of the idle connections' records: the time is kept on each
+    record, so that a checkout and a return touch no dict. Setting an entry shifts that
+    record's time, as 1.2's tests do to simulate the passing of time."""
+
+    __slots__ = ("_idle",)
+
+    def __init__(self, idle: deque[Connection]) -> None:
+        self._idle = idle
+
+    def __getitem__(self, conn: Connection) -> float:
+        if conn not in self._idle:
+            raise KeyError(conn)
+        return float(conn._pool_rec.returned_at)
+
+    def __setitem__(self, conn: Connection, when: float) -> None:
+        if conn not in self._idle:
+            raise KeyError(f"{conn!r} is not idle in this pool: only idle connections have a "
+                           f"return time")
+        conn._pool_rec.returned_at = when
+
+    def __delitem__(self, conn: Connection) -> None:
+        raise TypeError("return_times follows the idle connections: take one out with "
+                        "getconn(), or close them with clear()")
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._idle))
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
 class ConnectionPool(Upkeep):
     """A thread-safe pool of psycopg2 connections.
 
@@ -190,6 +225,7 @@ class ConnectionPool(Upkeep):
         self.minconn = minconn
         self.maxconn = maxconn
         self._closed = False
+        self._close_announced = False  # on_close sent (close() may run again after a raise)
         self.idle_timeout = idle_timeout
         self.timeout = timeout
         self.max_lifetime = optional_seconds("max_lifetime", max_lifetime, positive=True)
@@ -214,7 +250,7 @@ class ConnectionPool(Upkeep):
         #: Idle connections, last in first out (psycopg2-pool 1.2's attribute).
         self.idle_connections: deque[Connection] = deque()
         #: Connection -> monotonic time it became idle (psycopg2-pool 1.2's attribute).
-        self.return_times: dict[Connection, float] = {}
+        self.return_times = ReturnTimes(self.idle_connections)
 
         self._connect_args = {k: v for k, v in connect_kwargs.items()
                               if k != "connection_factory"}
@@ -224,22 +260,24 @@ class ConnectionPool(Upkeep):
         self._lock = threading.Lock()
         self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.
-        self._out: dict[int, Record] = {}
+        # Every connection of the pool (IDLE, OUT, CLOSING) by id(): entered when a new one
+        # is placed, left when it is gone; never replaced (each record holds it).
+        self._records: dict[int, Record] = {}
         self._waiters: deque[_Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
-        self._collected: deque[Record] = deque()
         self._size = 0  # open connections (closing ones too) + slots reserved for opening
         self._closing = 0  # connections being closed: their slots are free once closed
         self._self_ref = weakref.ref(self)  # what the collector is woken with
         self._init_upkeep()
         self._starting = True  # __init__ opens minconn itself and raises on failure
-        self._slow_return = reset is not None  # putconn must take its slow path
+        self._slow_return = True  # putconn must take its slow path (_update_slow_return)
         self._reset_failed_logged = False
         self._requests = 0
         self._returns = 0
         self._stats: dict[str, float] = dict.fromkeys(_keys.COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
         self._init_listeners()
+        self._update_slow_return()
         _forking.track(self, type(self)._after_fork_in_child)
         _collector.start()
         SCHEDULER.register(self, self.num_workers)
@@ -294,7 +332,11 @@ class ConnectionPool(Upkeep):
         check = getattr(self, "_check_idle_after", None)
         self._idle_limit = idle or _INF
         self._idle_zero = idle == 0  # psycopg2-pool 1.2: close returns beyond minconn at once
-        self._recheck = min(self._idle_limit, _INF if check is None else check - 1e-9)
+        self._recheck_idle = min(self._idle_limit, _INF if check is None else check - 1e-9)
+        self._update_recheck()
+        if hasattr(self, "_slow_return"):
+            with self._lock:
+                self._update_slow_return()
 
     # -- public API ------------------------------------------------------------------------
 
@@ -311,58 +353,65 @@ class ConnectionPool(Upkeep):
         if timeout is not None:  # before anything is counted or handed out
             timeout = seconds("timeout", timeout)
         if key is None:
+            now = monotonic()  # outside the lock: the shorter it is held, the less it convoys
             with self._lock:
                 idle = self.idle_connections
-                if idle and not self._waiters and not self._closed:
-                    conn = idle[-1]
+                # Idle connections and waiters never coexist under the lock (a connection
+                # that becomes idle goes to the first waiter; a caller queues only when none
+                # is idle); and a closed pool has none idle: one test suffices.
+                if idle:
+                    conn = idle.pop()  # out of the deque, then marked (see the rules)
                     rec = conn._pool_rec
-                    # Marked out before it leaves the deque: a raise between the two leaves
-                    # a stale mark on an idle connection, never a connection in neither.
                     rec.state = _OUT
-                    self._out[rec.conn_id] = rec
-                    returned = self.return_times.pop(conn, 0.0)
-                    idle.pop()
-                    rec.since = now = monotonic()
+                    returned = rec.returned_at
+                    rec.since = now
                     self._requests += 1
                 else:
                     conn = None
-            if conn is not None:
-                conn._pool = self
-                try:
-                    if conn.get_transaction_status() or now - returned > self._recheck \
-                            or now >= rec.expires:
-                        reason = self._unusable(conn, rec, now, returned)
-                        if reason is not None:
-                            self._discard(conn, rec, reason)
-                            conn = None
-                    if conn is not None and self._checkout_hooked:  # inlined dispatch
-                        if self._stack_depth:  # a listener asks who takes connections
-                            try:
-                                frame: FrameType | None = _getframe(1)
-                            except ValueError:  # called from C, with no Python caller
-                                frame = None
-                            rec.taken = (_stack(frame, self._stack_depth),
-                                         _threads_get(_get_ident()) or _current_thread(), now)
-                        for method in self._on_checkout_fields:
-                            try:
-                                method(self, conn, 0.0, False, False)
-                            except Exception:  # noqa: BLE001 - a listener must never break the pool
-                                self._listener_failed(method)
-                        listeners = self._on_checkout
-                        if listeners:
-                            event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
-                            for method in listeners:
-                                try:
-                                    method(event)
-                                except Exception:  # noqa: BLE001 - never break the pool
-                                    self._listener_failed(method)
-                except BaseException:  # interrupted before the caller got it: discarded
-                    self._abandon(rec, now)
-                    raise
-                if conn is not None:
-                    return conn
-                return self._getconn_slow(None, timeout, counted=True)
+            if conn is not None:  # from here a raise cannot lose it: it is OUT (see rules)
+                # _recheck is -inf while a checkout listener is attached: one test less
+                if conn.get_transaction_status() or now - returned > self._recheck \
+                        or now >= rec.expires:
+                    return self._finish_checkout(conn, rec, now, returned, timeout)
+                return conn
         return self._getconn_slow(key, timeout, counted=False)
+
+    def _finish_checkout(self, conn: Connection, rec: Record, now: float, returned: float,
+                         timeout: float | None) -> Connection:
+        """The rest of a checkout from the idle deque that needs more than the fast path:
+        the connection's checks, then the listeners (dispatch inlined: telemetry's path)."""
+        try:
+            if conn.get_transaction_status() or now - returned > self._recheck_idle \
+                    or now >= rec.expires:
+                reason = self._unusable(conn, rec, now, returned)
+                if reason is not None:
+                    self._discard(conn, rec, reason)
+                    return self._getconn_slow(None, timeout, counted=True)
+            if self._checkout_hooked:
+                if self._stack_depth:  # a listener asks who takes connections
+                    try:
+                        frame: FrameType | None = _getframe(2)  # getconn's caller
+                    except ValueError:  # called from C, with no Python caller
+                        frame = None
+                    rec.taken = (_stack(frame, self._stack_depth),
+                                 _threads_get(_get_ident()) or _current_thread(), now)
+                for method in self._on_checkout_fields:
+                    try:
+                        method(self, conn, 0.0, False, False)
+                    except Exception:  # noqa: BLE001 - a listener must never break the pool
+                        self._listener_failed(method)
+                listeners = self._on_checkout
+                if listeners:
+                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
+                    for method in listeners:
+                        try:
+                            method(event)
+                        except Exception:  # noqa: BLE001 - never break the pool
+                            self._listener_failed(method)
+        except BaseException:  # interrupted before the caller got it: discarded
+            self._abandon(rec, now)
+            raise
+        return conn
 
     def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
         """Return a connection to the pool.
@@ -374,18 +423,22 @@ class ConnectionPool(Upkeep):
         """
         try:
             rec = conn._pool_rec
-        except AttributeError:
-            rec = None
+        except AttributeError:  # not a pooled connection
+            with self._lock:
+                self._claim_return(conn, None, key)  # raises
+        now = monotonic()
         with self._lock:
-            if rec is None or rec.out is not self._out or rec.state is not _OUT \
-                    or rec.returning or key is not None or rec.key is not None:
-                self._claim_return(conn, rec, key)  # raises on misuse
+            if rec.owner is not self._records or rec.state is not _OUT or rec.returning \
+                    or key is not None or rec.key is not None:
+                self._claim_return(conn, rec, key)  # raises on misuse; forgets a key
             self._returns += 1
-            now = monotonic()
-            if not (close or self._slow_return or self._checkin_hooked or now >= rec.expires
-                    or conn.get_transaction_status()
-                    or (self._idle_zero and len(self.idle_connections) >= self.minconn)):
-                self._settle(conn, rec, now)  # nothing to do but keep it
+            if not (close or self._slow_return or now >= rec.expires
+                    or conn.get_transaction_status()):  # nothing to do but keep it
+                if self._waiters:
+                    self._hand_over(conn, rec, now)
+                else:  # _settle, inlined
+                    rec.returned_at, rec.state = now, _IDLE_STATE  # marked, then in the deque
+                    self.idle_connections.append(conn)
                 return
             rec.returning = True
             since = rec.since
@@ -462,28 +515,32 @@ class ConnectionPool(Upkeep):
         Idempotent. Queued ``getconn`` calls fail with :class:`PoolClosed`, as do later ones;
         background tasks stop.
         """
-        with self._lock:
-            if self._closed:
-                return
+        with self._lock:  # every step below may run again: a later call finishes the work
             self._closed = self._slow_return = True
             conns = self._take_idle()
-            # Slots reserved for opens that have not started are given back now; attempts
-            # in progress give back their own when they end.
-            unstarted = self._opening - self._connecting
-            self._size, self._opening = self._size - unstarted, self._opening - unstarted
-            self._parked = self._queued = self._taken = self._deferred = 0
-            # Attempts in progress and connections being closed are not in use.
-            in_use = self._size - self._connecting - self._closing
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.error = self._closed_error()
-                waiter.lock.release()
-            self._release_open_signals()
+            in_use = self._close_books()
+            announce, self._close_announced = not self._close_announced, True
         SCHEDULER.unregister(self)
         _forking.untrack(self)
         self._close_all(conns, DiscardReason.POOL_CLOSED)
-        if self._on_close:
+        if announce and self._on_close:
             self._emit(self._on_close, CloseEvent(self, in_use))
+
+    def _close_books(self) -> int:
+        """close(): give back the reservations whose open has not started and fail the
+        waiters (lock held; idempotent); the number of connections in use."""
+        # Attempts in progress give back their own slots when they end.
+        unstarted = self._opening - self._connecting
+        self._size, self._opening = self._size - unstarted, self._opening - unstarted
+        self._parked = self._queued = self._taken = self._deferred = 0
+        # Attempts in progress and connections being closed are not in use.
+        in_use = self._size - self._connecting - self._closing
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = self._closed_error()
+            waiter.lock.release()
+        self._release_open_signals()
+        return in_use
 
     closeall = close  #: psycopg2.pool's name for :meth:`close`
 
@@ -495,9 +552,10 @@ class ConnectionPool(Upkeep):
     def checkouts(self) -> list[Checkout]:
         """The checked-out connections as the pool recorded their checkout (a snapshot):
         when, and, while a listener asks for it (``checkout_stack_depth``), who took them."""
-        self._reclaim()  # connections dropped meanwhile: announced first, not lost
+        _collector.drain()  # connections dropped meanwhile: announced first, not lost
+        self._reclaim()
         with self._lock:
-            recs = [rec for rec in self._out.values() if rec.is_out()]
+            recs = [rec for rec in self._records.values() if rec.is_out()]
         out = []
         for rec in recs:
             since = rec.since
@@ -513,11 +571,12 @@ class ConnectionPool(Upkeep):
     def connections_in_use(self) -> frozenset[Connection]:
         """The checked-out connections (a snapshot; psycopg2-pool 1.2 kept a WeakSet)."""
         with self._lock:
-            recs = [rec for rec in self._out.values() if rec.state is _OUT]
+            recs = [rec for rec in self._records.values() if rec.state is _OUT]
         return frozenset(c for r in recs if (c := r.ref()) is not None)
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of the pool's state and counters since it was created (docs/api.md)."""
+        _collector.drain()
         self._reclaim()
         with self._lock:
             available = len(self.idle_connections)
@@ -567,14 +626,15 @@ class ConnectionPool(Upkeep):
             return self._getconn_keyed(key, timeout)
         limit = self._timeout if timeout is None else timeout  # validated by getconn
         started = 0.0
+        rescanned = False
         while True:
-            if self._collected:  # slots of dropped connections: back before deciding
-                self._reclaim()
+            if not _collector.QUEUE.empty():  # slots of dropped connections: back first
+                _collector.drain()
             conn: Connection = None
             waiter: _Waiter | None = None
             error: Exception | None = None
             event: TimeoutEvent | None = None
-            reserved = False
+            reserved = retry = False
             try:
                 with self._lock:
                     if self._closed:  # misuse, not a request (as for a keyed getconn)
@@ -596,6 +656,8 @@ class ConnectionPool(Upkeep):
                             # would).
                             started = monotonic()
                             waiter, limit = self._enqueue(), NOT_ANSWERING
+                        elif not rescanned:  # a connection dropped just now frees a slot
+                            rescanned = retry = True
                         else:
                             self._stats[EXHAUSTED] += 1
                             error, event = self._exhausted(monotonic(), 0.0)
@@ -613,6 +675,9 @@ class ConnectionPool(Upkeep):
                     self._emit(self._on_timeout, event)
                 if error is not None:
                     raise error
+                if retry:  # once: settle what was collected, then look again
+                    self._reclaim()
+                    continue
                 if reserved:
                     opening = monotonic()
                     conn = self._attempt()
@@ -621,8 +686,7 @@ class ConnectionPool(Upkeep):
                     with self._lock:  # one line: no raise can split the hand-out
                         self._connecting, self._opening, rec.state, rec.since, reserved = (
                             self._connecting - 1, self._opening - 1, _OUT, now, False)
-                        self._out[rec.conn_id] = rec
-                        conn._pool = self
+                        self._records[rec.conn_id] = rec
                         self._ensure_opening()  # minconn, after a discard of this checkout
                         self._opened_one()
                     return self._checked_out(conn, opening, opened=True)
@@ -667,33 +731,25 @@ class ConnectionPool(Upkeep):
     def _unreserve_inline(self, conn: Connection | None) -> None:
         """Give back a slot reserved by :meth:`_reserve_inline` whose connection was not
         handed out (the open failed, or was interrupted); close the connection if it exists."""
-        if conn is not None:
-            conn._pool_rec.state = _GONE  # NEW: this thread's alone
-            with contextlib.suppress(Exception):
-                conn.close()
+        if conn is not None:  # opened (and counted): closed, counted as discarded
+            self._drop_new(conn, conn._pool_rec, counted=True)
         with self._lock:
             self._connecting, self._opening = self._connecting - 1, self._opening - 1
             self._free_slot()
 
     def _take_one_idle(self) -> Connection:
         """Take the newest idle connection and mark it checked out (lock held)."""
-        conn = self.idle_connections[-1]
+        conn = self.idle_connections.pop()  # out of the deque, then marked (as in getconn)
         rec = conn._pool_rec
-        rec.state = _OUT  # first, as in getconn
-        self._out[rec.conn_id] = rec
-        rec.returned_at = self.return_times.pop(conn, 0.0)
-        self.idle_connections.pop()
+        rec.state = _OUT
         rec.since = monotonic()
-        conn._pool = self
         return conn
 
     def _take_oldest_idle(self) -> Connection:
         """Take the oldest idle connection out of the pool to close it (lock held)."""
-        conn = self.idle_connections[0]
+        conn = self.idle_connections.popleft()  # out of the deque, then marked
         rec = conn._pool_rec
-        rec.state, self._closing = _CLOSING, self._closing + 1  # first: one line
-        self.idle_connections.popleft()
-        self.return_times.pop(conn, None)
+        rec.state, self._closing = _CLOSING, self._closing + 1  # one line
         return conn
 
     def _checked_out(self, conn: Connection, started: float, *, opened: bool = False
@@ -813,7 +869,8 @@ class ConnectionPool(Upkeep):
                         break  # served (perhaps at the last moment)
                     if monotonic() < deadline:
                         continue
-                    self._waiters.remove(waiter)
+                    if waiter in self._waiters:  # (a giver interrupted may have taken it)
+                        self._waiters.remove(waiter)
                     self._trim_opening()
                     _, event = self._timed_out(started, timeout)
                 break
@@ -852,24 +909,20 @@ class ConnectionPool(Upkeep):
 
     def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
         """Give a kept (or new) connection to the first waiter, checked out (lock held)."""
-        waiter = self._waiters.popleft()
-        self._out[rec.conn_id] = rec
+        waiters = self._waiters
+        waiter = waiters[0]
         rec.state, rec.returning, rec.since, rec.returned_at = _OUT, False, now, now
-        conn._pool = self
-        waiter.conn = conn
-        waiter.lock.release()
+        waiter.conn = conn  # the hand-over, done before any call: no raise can split it
+        waiters.popleft()
+        waiter.lock.release()  # (a raise before this: the waiter finds it at its deadline)
 
     def _settle(self, conn: Connection, rec: Record, now: float) -> None:
         """A kept connection, checked out or new: to the first waiter, else idle (lock held)."""
-        conn._pool = None  # a returned connection does not keep its pool alive
         if self._waiters:
             self._hand_over(conn, rec, now)
             return
-        self.idle_connections.append(conn)  # first: idle before it stops being out
-        self.return_times[conn] = now
-        rec.state, rec.returning, rec.returned_at = _IDLE_STATE, False, now
-        if self._out.get(rec.conn_id) is rec:
-            del self._out[rec.conn_id]
+        rec.returned_at, rec.state, rec.returning = now, _IDLE_STATE, False  # then the deque
+        self.idle_connections.append(conn)
 
     def _place(self, conn: Connection, rec: Record, now: float) -> None:
         """A new connection for the pool: to the first waiter, else idle (lock held)."""
@@ -934,7 +987,7 @@ class ConnectionPool(Upkeep):
     def _claim_return(self, conn: Connection, rec: Record | None, key: Hashable | None) -> None:
         """The slow path of putconn (lock held): keys, and every kind of misuse, with precise
         errors."""
-        if rec is None or rec.out is not self._out:
+        if rec is None or rec.owner is not self._records:
             if not isinstance(conn, extensions.connection):
                 raise TypeError(f"putconn() takes a connection from this pool's getconn(), "
                                 f"got {type(conn).__name__}")
@@ -1041,24 +1094,29 @@ class ConnectionPool(Upkeep):
         if seconds is None:
             call(conn)
             return
-        token = WATCHDOG.arm(conn.fileno(), seconds)
-        fired = False
+        token = WATCHDOG.token()
         try:
+            WATCHDOG.arm(token, conn.fileno(), seconds)
             call(conn)
         finally:
-            fired = WATCHDOG.disarm(token)
-            if fired:
-                logger.warning("pool %r: a %s took longer than io_timeout=%gs; the connection "
-                               "was shut down and will be discarded", self.name,
-                               getattr(call, "__name__", "round trip"), seconds)
-        if fired:
+            WATCHDOG._armed.pop(token, None)  # disarmed in one C call: no signal can skip it
+        if WATCHDOG.fired(token):
+            logger.warning("pool %r: a %s took longer than io_timeout=%gs; the connection "
+                           "was shut down and will be discarded", self.name,
+                           getattr(call, "__name__", "round trip"), seconds)
             raise IOTimeout(f"{getattr(call, '__name__', 'round trip')} took longer than "
                             f"io_timeout={seconds:g}s")
 
+    def _update_recheck(self) -> None:
+        """The idle seconds past which getconn leaves its fast path (-inf: always, while a
+        checkout listener is attached)."""
+        hooked = getattr(self, "_checkout_hooked", False)
+        self._recheck = -_INF if hooked else self._recheck_idle
+
     def _update_slow_return(self) -> None:
         """Whether every ``putconn`` must take the slow path (lock held)."""
-        self._slow_return = (self._closed or self._reset_hook is not None
-                             or self._size - self._closing > self.maxconn)
+        self._slow_return = (self._closed or self._reset_hook is not None or self._idle_zero
+                             or self._checkin_hooked or self._size - self._closing > self.maxconn)
 
     def _take_idle(self) -> list[Connection]:
         """Take every idle connection out of the pool to close them (lock held)."""
@@ -1074,18 +1132,16 @@ class ConnectionPool(Upkeep):
         parent's thread may hold psycopg2's mutex of one for ever), no listener (its locks
         may be held too); the discards are announced later, by a task."""
         self._lock = threading.Lock()
+        self._announcing = threading.RLock()
         self._waiters = deque()
         self._open_signals = []
-        self._collected = deque()
-        recs = [conn._pool_rec for conn in self.idle_connections]
-        recs += [rec for rec in self._out.values() if rec.state is _OUT]
+        recs = [rec for rec in self._records.values() if rec.state is not _GONE]
         pairs = [(c, rec) for rec in recs if (c := rec.ref()) is not None]
         conns = [c for c, _ in pairs]
         for rec in recs:
             rec.state = _GONE
         self.idle_connections.clear()
-        self.return_times.clear()
-        self._out.clear()
+        self._records.clear()
         self._keys.clear()
         self._size = self._closing = 0
         self._reset_openings()

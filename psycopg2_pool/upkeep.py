@@ -18,10 +18,10 @@ close one for being idle or old. That work is done by these tasks, run by the pr
     and opens their replacements, before a caller would meet them.
 
 Besides these, one daemon thread (:mod:`psycopg2_pool._watchdog`) shuts down the socket of
-a health check or rollback that outlives ``io_timeout``, and a checked-out connection the
-application drops is given back by the garbage collector, on whichever thread collects it
-(:meth:`Upkeep._connection_collected`). Tasks hold their pool weakly: a pool that is
-garbage-collected or closed stops its tasks.
+a health check or rollback that outlives ``io_timeout``, and the slot of a checked-out
+connection the application drops is given back by one collector thread
+(:mod:`psycopg2_pool._collector`, :meth:`Upkeep._reclaim`). Tasks hold their pool weakly: a
+pool that is garbage-collected or closed stops its tasks.
 
 What the tasks run is :class:`Upkeep`, a base class of
 :class:`~psycopg2_pool.pool.ConnectionPool`: keeping the pool at its size, i.e. reserving slots
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _collector
 from ._driver import extensions, psycopg2
-from .connection import CLOSING, GONE, OUT, Record
+from .connection import CLOSING, GONE, IDLE, OUT, Record
 from .errors import PoolError, one_line
 from .events import (
     Checkout,
@@ -193,13 +193,12 @@ class Upkeep(Listeners):
     _size: int  #: open connections (closing ones too) + reserved slots
     _closing: int  #: connections being closed (CLOSING): counted in _size until closed
     _waiters: deque[Any]
-    _out: dict[int, Record]  #: checked-out connections' records, by id()
+    _records: dict[int, Record]  #: every connection's record (IDLE, OUT, CLOSING), by id()
     _keys: dict[Hashable, Connection]
-    _collected: deque[Record]  #: records of collected connections not yet given back
     _stats: dict[str, float]
     _discards: dict[str, int]
     idle_connections: deque[Connection]
-    return_times: dict[Connection, float]
+    return_times: Any  #: a view of the idle records' return times (pool.ReturnTimes)
     minconn: int
     maxconn: float
     num_workers: int
@@ -215,9 +214,7 @@ class Upkeep(Listeners):
         self._periodic_due: dict[str, float] = {}  # task name -> the run that is current
         self._attempt_ids = itertools.count()
         self._reset_openings()
-        # Told by a Record when its checked-out connection is garbage-collected; weak, as
-        # records must not keep the pool alive.
-        self._collected_cb = weakref.WeakMethod(self._connection_collected)
+        self._announcing = threading.RLock()  # see _reclaim
 
     def _reset_openings(self) -> None:
         """No slot reserved, no attempt under way, no outage: at start and in a forked child
@@ -374,6 +371,7 @@ class Upkeep(Listeners):
             self._attempt_ended()
             rec.since = now
             closed = bool(self._closed)  # read again: close() may have run during the attempt
+            self._records[rec.conn_id] = rec
             if closed:
                 self._begin_close(rec)
             else:
@@ -397,6 +395,7 @@ class Upkeep(Listeners):
         with self._lock:
             self._connecting, self._opening = self._connecting - 1, self._opening - 1
             rec.since = now
+            self._records[rec.conn_id] = rec
             self._place(conn, rec, now)
             self._opened_one()
 
@@ -429,36 +428,52 @@ class Upkeep(Listeners):
         created = monotonic()
         expires = _INF if self.max_lifetime is None else (
             created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
-        rec = Record(conn, self._as_pool(), created, expires, self._out, self._collected_cb)
+        rec = Record(conn, self._as_pool(), created, expires, self._records)
         try:
             if self._configure is not None:
                 self._run_configure(conn, rec)
         except BaseException as exc:
-            rec.state = GONE  # a NEW record is its opening thread's alone
-            with contextlib.suppress(Exception):
-                conn.close()
+            self._drop_new(conn, rec, counted=False)
             self._attempt_failed(exc, started)
             raise
-        now = monotonic()
-        if self._on_connect:  # before anyone can check it out: events stay in order
-            self._emit(self._on_connect, ConnectEvent(self._as_pool(), conn, now - started, None))
-        with self._lock:
-            self._stats[CONNECTIONS_NUM] += 1
-            self._stats[CONNECT_TIME] += now - started
-            ended = self._backoff.succeeded(now)
-            if ended is not None:  # the outage is over: every parked slot opens now
-                self._retry_scheduled = False
-                while self._parked:
-                    self._parked -= 1
-                    self._queue_open()
-        if ended is not None:
-            outage, attempts, error = ended
-            logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
-                           self.name, outage, attempts)
-            if self._on_recovered:
-                self._emit(self._on_recovered,
-                           RecoveredEvent(self._as_pool(), outage, attempts, error))
+        counted = False
+        try:
+            now = monotonic()
+            if self._on_connect:  # before anyone can check it out: events stay in order
+                self._emit(self._on_connect,
+                           ConnectEvent(self._as_pool(), conn, now - started, None))
+            with self._lock:
+                self._stats[CONNECTIONS_NUM] += 1
+                counted = True  # no call between: counted and known to be
+                self._stats[CONNECT_TIME] += now - started
+                ended = self._backoff.succeeded(now)
+                if ended is not None:  # the outage is over: every parked slot opens now
+                    self._retry_scheduled = False
+                    while self._parked:
+                        self._parked -= 1
+                        self._queue_open()
+            if ended is not None:
+                outage, attempts, error = ended
+                logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",
+                               self.name, outage, attempts)
+                if self._on_recovered:
+                    self._emit(self._on_recovered,
+                               RecoveredEvent(self._as_pool(), outage, attempts, error))
+        except BaseException:
+            self._drop_new(conn, rec, counted=counted)
+            raise
         return conn
+
+    def _drop_new(self, conn: Connection, rec: Record, *, counted: bool) -> None:
+        """A NEW connection nobody will get (its open was interrupted): closed, and counted
+        as an ``interrupted`` discard if it was counted as opened."""
+        rec.state = GONE  # a NEW record is its opening thread's alone
+        _collector.REGISTRY.pop(rec.ref, None)
+        with contextlib.suppress(Exception):
+            conn.close()
+        if counted:
+            with self._lock:
+                self._discards[DiscardReason.INTERRUPTED] += 1
 
     def _run_configure(self, conn: Connection, rec: Record) -> None:
         """Call ``configure`` on a new connection; it must leave no transaction open."""
@@ -517,9 +532,9 @@ class Upkeep(Listeners):
         with self._lock:
             to_close = []
             idle = self.idle_connections
-            while idle and now - self.return_times.get(idle[0], 0.0) > limit:
+            while idle and now - idle[0]._pool_rec.returned_at > limit:
                 to_close.append(self._take_oldest_idle())
-            oldest = self.return_times.get(idle[0], now) if idle else now
+            oldest = idle[0]._pool_rec.returned_at if idle else now
         self._close_all(to_close, DiscardReason.IDLE_TIMEOUT)  # then refills to minconn
         return oldest + limit + 0.005  # just past the moment the oldest one expires
 
@@ -532,12 +547,11 @@ class Upkeep(Listeners):
         with self._lock:
             expired = [c for c in self.idle_connections if c._pool_rec.expires <= now]
             for conn in expired:
+                self.idle_connections.remove(conn)  # out of the deque, then marked
                 rec = conn._pool_rec
-                rec.state, self._closing = CLOSING, self._closing + 1  # first: one line
-                self.idle_connections.remove(conn)
-                self.return_times.pop(conn, None)
+                rec.state, self._closing = CLOSING, self._closing + 1  # one line
             recs = [c._pool_rec for c in self.idle_connections]
-            recs += [r for r in self._out.values() if r.state is OUT]
+            recs += [r for r in self._records.values() if r.state is OUT]
         self._close_all(expired, DiscardReason.MAX_LIFETIME)  # and opens their replacements
         upcoming = [r.expires for r in recs if r.expires > now]
         return min(upcoming, default=now + lifetime * 0.9) + 0.005
@@ -554,8 +568,6 @@ class Upkeep(Listeners):
     def _begin_close(self, rec: Record) -> None:
         """A checked-out or new connection is to be closed (lock held)."""
         rec.state, rec.returning, self._closing = CLOSING, False, self._closing + 1
-        if self._out.get(rec.conn_id) is rec:
-            del self._out[rec.conn_id]
 
     def _free_slot(self) -> None:
         """A reserved slot nothing was opened into is given back; open another in the
@@ -564,15 +576,26 @@ class Upkeep(Listeners):
         self._ensure_opening()
 
     def _close_all(self, conns: list[Connection], reason: str, *, refill: bool = True) -> None:
-        """Close connections taken out of use (CLOSING), one after the other."""
+        """Close connections taken out of use (CLOSING), then announce them: a listener that
+        raises cannot leave one of them unclosed."""
         now = monotonic()
-        for conn in conns:
-            self._close_connection(conn, conn._pool_rec, reason, now, refill=refill)
+        events = [self._close_quietly(conn, conn._pool_rec, reason, now, refill=refill)
+                  for conn in conns]
+        if self._on_discard:
+            for event in events:
+                self._emit(self._on_discard, event)
 
     def _close_connection(self, conn: Connection, rec: Record, reason: str, now: float, *,
                           refill: bool = True) -> None:
         """Close a CLOSING connection, then give its slot back (refilling to ``minconn`` and
         serving waiters unless ``refill`` is False) and announce the discard."""
+        event = self._close_quietly(conn, rec, reason, now, refill=refill)
+        if self._on_discard:
+            self._emit(self._on_discard, event)
+
+    def _close_quietly(self, conn: Connection, rec: Record, reason: str, now: float, *,
+                       refill: bool) -> DiscardEvent:
+        """:meth:`_close_connection` but the announcement: the discard event to send."""
         try:
             with contextlib.suppress(Exception):  # a broken connection may fail to close
                 conn.close()
@@ -580,38 +603,37 @@ class Upkeep(Listeners):
             with self._lock:
                 if rec.state is CLOSING:
                     rec.state, self._size, self._closing = GONE, self._size - 1, self._closing - 1
+                    if self._records.get(rec.conn_id) is rec:
+                        del self._records[rec.conn_id]
+                    _collector.REGISTRY.pop(rec.ref, None)
                     self._discards[reason] += 1
                     if refill:
                         self._ensure_opening()
-        if self._on_discard:
-            self._emit(self._on_discard, DiscardEvent(self._as_pool(), conn, rec.conn_id,
-                                                      rec.backend_pid, reason, now - rec.created))
+        return DiscardEvent(self._as_pool(), conn, rec.conn_id, rec.backend_pid, reason,
+                            now - rec.created)
 
     # -- collected connections -------------------------------------------------------------
 
-    def _connection_collected(self, rec: Record) -> None:
-        """A checked-out (or closing) connection was garbage-collected: called from the
-        collector's callback, on any thread, at any point of it. Queues, takes no lock."""
-        self._collected.append(rec)
-        _collector.wake(self._self_ref)
-
     def _reclaim(self) -> None:
         """Give back the slots of collected connections and announce them (lock not held):
-        on the collector thread, and first thing in a slow checkout or a snapshot."""
-        if not self._collected:
-            return
-        with self._lock:
-            events = self._drain_collected()
-        for event in events:
-            if self._on_discard:
-                self._emit(self._on_discard, event)
+        on the collector thread, and first thing in a slow checkout or a snapshot. Under
+        ``_announcing`` (reentrant, taken before the pool's lock, never inside it), so that
+        a snapshot (``checkouts()``) returns only once every connection found dead so far
+        has been announced, by whichever thread found it."""
+        with self._announcing:
+            with self._lock:
+                events = self._settle_collected()
+            for event in events:
+                if self._on_discard:
+                    self._emit(self._on_discard, event)
 
-    def _drain_collected(self) -> list[DiscardEvent]:
-        """Settle each collected record still unsettled (lock held); the events to send."""
+    def _settle_collected(self) -> list[DiscardEvent]:
+        """Settle each record whose connection was collected before it was settled (lock
+        held); the events to send. Found by their dead weak references: nothing depends on
+        the collector's queue having been read."""
         events = []
-        while self._collected:
-            rec = self._collected.popleft()
-            if rec.state is OUT:
+        for rec in [r for r in self._records.values() if r.ref() is None]:
+            if rec.state is OUT or rec.state is IDLE:
                 rec.state, self._size = GONE, self._size - 1
                 reason = DiscardReason.GARBAGE_COLLECTED
             elif rec.state is CLOSING:  # its closing thread dropped it before it was done
@@ -619,8 +641,8 @@ class Upkeep(Listeners):
                 reason = DiscardReason.INTERRUPTED
             else:
                 continue
-            if self._out.get(rec.conn_id) is rec:
-                del self._out[rec.conn_id]
+            del self._records[rec.conn_id]
+            _collector.REGISTRY.pop(rec.ref, None)
             if rec.key is not None:
                 self._keys.pop(rec.key, None)
             self._discards[reason] += 1
@@ -628,7 +650,8 @@ class Upkeep(Listeners):
                                        reason, monotonic() - rec.created,
                                        Checkout(rec.conn_id, None, rec.backend_pid, rec.since,
                                                 *rec.taken_by(rec.since))))
-        self._ensure_opening()
+        if events:
+            self._ensure_opening()
         return events
 
 

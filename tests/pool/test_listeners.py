@@ -317,6 +317,7 @@ def test_garbage_collected_connection_gives_its_slot_back(make_pool: MakePool) -
     assert pool.get_stats()["pool_size"] == 1
     del conn
     gc.collect()
+    pool.checkouts()  # announced by the collector thread, at the latest by this call
     assert listener.seen == [(None, conn_id, pid, DiscardReason.GARBAGE_COLLECTED)]
     stats = pool.get_stats()
     assert stats["pool_size"] == 0

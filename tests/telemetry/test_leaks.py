@@ -179,6 +179,7 @@ def test_dropped_reference_is_a_definite_leak_and_frees_the_slot(
     with capture_logs() as logs:
         dropped(pool)
         gc.collect()
+        pool.checkouts()  # announced by the collector thread, at the latest by this call
     (report,) = [e for e in logs if e["event"] == "connection_leaked"]
     assert report["log_level"] == "error"
     assert report["site"] == site("dropped", "dropped")
