@@ -9,10 +9,11 @@ The rules (docs/layout.md repeats them; tests/pool/test_core_*.py and test_inter
 hold the pool to them):
 
 **One lock.** ``_lock`` guards every field of the books: ``idle_connections``,
-``return_times``, ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of
-reserved slots (upkeep.py), ``_stats``, ``_discards``, ``_requests``, ``_returns``, ``_closed``
-and each record's ``state``/``returning``/``since``. Both fast paths (an idle connection at
-hand; a return with nothing to do) take it once, for a handful of ``deque``/``dict``
+``return_times``, ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the
+counters of reserved slots (upkeep.py), ``_stats``, ``_discards``, ``_requests``,
+``_returns``, ``_closed`` and each record's ``state``/``returning``/``since``/
+``returned_at``. Both fast paths (an idle connection at hand; a return with nothing to do)
+take it once, for a handful of ``deque``/``dict``
 operations: there is no lock-free path through the books, so no rule leans on the GIL making
 a single ``deque`` or ``dict`` operation atomic, and the same code is correct on a
 free-threaded CPython (3.13t and later). The cost, measured by benchmarks/run.py, is an
@@ -37,16 +38,28 @@ collector, and every snapshot first, settles the records whose connection is dea
 the connection discarded where its state is in doubt), a ``BaseException``
 (KeyboardInterrupt, SystemExit, gevent.Timeout) propagates to the caller after the pool's
 books are settled: an interrupted return or checkout discards its connection
-(``DiscardReason.INTERRUPTED``), an interrupted wait leaves the queue, and passes on a
-connection it was handed at the last moment. psycopg2 raises on I/O only, outside the lock.
-A signal handler may raise at any bytecode of the caller's thread: the books are changed in
-an order in which the first change commits (a connection becomes idle before it stops
-being checked out; it is marked checked out before it leaves the idle deque), so a raise
-between two changes leaves a stale mark, never a lost slot. A raise inside an ``except``
-handler that was settling a first one (two signals at once) can leave a checked-out
-connection unaccounted for by the pool: it is then given back when the garbage collector
-takes it (a ``garbage_collected`` discard), as for any connection dropped without
-``putconn``. A checked-out connection is held by the pool only weakly for that reason.
+(``DiscardReason.INTERRUPTED``), an interrupted wait leaves the queue and passes on a
+connection it was handed at the last moment, an interrupted open closes what it opened.
+psycopg2 raises on I/O only, outside the lock. A signal handler's exception is delivered
+on entry to a Python function, after a C call returns, or out of a blocking ``acquire()``
+(CPython's eval breaker; never between two stores): so changes that must go together are
+written with no call between them, and a record's state changes in an order that keeps
+one rule, *a record in the idle deque is IDLE*: marked IDLE, then appended; popped, then
+marked OUT (or CLOSING). A raise between the two leaves an IDLE record outside the deque,
+which nothing holds but the raising frame. That is where the last rule comes in: **every
+record that owns a slot and is not in the deque (IDLE popped, OUT, CLOSING) has its slot
+given back when its connection is collected**, so a connection dropped by a raise the
+handlers could not settle (two signals at once, a raise inside an ``except`` block) is
+never a lost slot, only a late one (a ``garbage_collected`` or ``interrupted`` discard),
+as for any connection dropped without ``putconn``. The pool holds a checked-out connection
+weakly for that reason. tests/pool/test_interruptions.py raises at every such point of
+``getconn``, ``putconn`` and ``close()``, and checks these rules after each.
+
+**Invariant.** Under the lock: ``_size`` = idle + checked out (OUT, including returning
+and handed over) + ``_opening`` + ``_closing``; idle connections and waiters never coexist
+(a connection that becomes idle goes to the first waiter; a caller queues only when none
+is idle; a closed pool has none idle), which is why the checkout's fast path tests only
+the deque.
 
 **Fork.** A forked child (``_after_fork_in_child``) never closes nor frees an inherited
 connection: psycopg2 takes a per-connection mutex to close one, and a thread of the parent

@@ -436,7 +436,14 @@ def ctx(dsn: str, admin: Any) -> Ctx:
     return Ctx(dsn, admin)
 
 
-@pytest.mark.parametrize("scenario", INJECTED, ids=lambda s: s.name)
+#: The scenarios of the default suite (the shortest, one per fast path); the others run in
+#: .ci/run's slow set (PSYCOPG2_POOL_SLOW_TESTS=1), with the preemption walks below.
+DEFAULT_SUITE = ("a-fast-getconn", "b-fast-putconn")
+
+
+@pytest.mark.parametrize("scenario", [
+    s if s.name in DEFAULT_SUITE else pytest.param(s, marks=pytest.mark.slow)
+    for s in INJECTED], ids=lambda s: s.name)
 def test_interrupt_at_every_step(ctx: Ctx, scenario: Scenario, figure: Figure) -> None:
     found = explore(ctx, scenario)
     conclude(found, scenario, figure, "interruptions")
@@ -571,6 +578,7 @@ def waited_past_deadline(run: Run) -> bool:
     return when is not None and when >= run.marks.get("deadline", float("inf")) - 0.05
 
 
+@pytest.mark.slow
 def test_waiting_getconn_preempted_by_close_at_every_step(ctx: Ctx, figure: Figure) -> None:
     """Settles the suspicion "a caller that queues on a pool closed meanwhile times out
     instead of getting PoolClosed": close() at each step of a checkout that must wait."""
@@ -604,6 +612,7 @@ def prepare_newest_bad(run: Run, bad: set[int]) -> None:
     bad.add(id(run.pool.idle_connections[-1]))
 
 
+@pytest.mark.slow
 def test_slow_checkout_preempted_by_a_lock_free_getconn_at_every_step(
         ctx: Ctx, figure: Figure) -> None:
     """Settles the ``IndexError: pop from an empty deque`` out of ``_take_one_idle`` seen
@@ -643,6 +652,7 @@ def return_held(run: Run) -> None:
     run.pool.putconn(run.state["held"].pop())
 
 
+@pytest.mark.slow
 def test_checkout_preempted_by_a_return_at_every_step(ctx: Ctx, figure: Figure) -> None:
     """P3, deterministically: at each step of a checkout on a full pool, another thread
     returns a connection; the checkout must get it, whatever step it was at."""
