@@ -61,6 +61,16 @@ and handed over) + ``_opening`` + ``_closing``; idle connections and waiters nev
 is idle; a closed pool has none idle), which is why the checkout's fast path tests only
 the deque.
 
+**On a free-threaded CPython** (3.13t and later) the same rules hold, since none of them
+rests on the GIL: the books are changed under the lock only; the three things done without
+it each rely on one ``dict``, ``set`` or ``SimpleQueue`` operation being atomic, which those
+builds keep with a lock per object (the collector's registry, written when a record is made
+and when it is gone; the weak reference's callback; the watchdog's disarm, whose thread
+marks a token fired *before* it takes it off ``_armed``, so that a disarm which finds
+nothing there finds the mark, an order those per-object locks preserve). What would change
+is speed: an uncontended lock costs about the same, but two threads can then run the
+critical section's neighbours truly at once, which the benchmarks cannot measure here.
+
 **Fork.** A forked child (``_after_fork_in_child``) never closes nor frees an inherited
 connection: psycopg2 takes a per-connection mutex to close one, and a thread of the parent
 that was running a query at the fork holds it for ever in the child. The child points each
