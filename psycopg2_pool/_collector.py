@@ -10,8 +10,9 @@ swallows ("Exception ignored in"). So each record's weak reference has, as its c
 callbacks), which queues the dead reference and runs no Python code at all. One daemon
 thread per process, ``psycopg2_pool-collector``, takes the references off the queue, finds
 each one's record in :data:`REGISTRY`, and has its pool give the slot back under the pool's
-lock. ``get_stats()``, ``checkouts()`` and a slow checkout drain the queue themselves first
-(:func:`drain`), so that they never answer before a connection collected earlier is counted.
+lock. ``get_stats()``, ``checkouts()`` and a slow checkout do not depend on it: they look
+for their pool's dead references themselves first (``Upkeep._reclaim``), so that they never
+answer before a connection collected earlier is counted.
 A forked child starts with an empty queue and registry, and its own thread when its first
 pool asks (:func:`start`).
 """
@@ -52,17 +53,6 @@ def start() -> None:
             _pid = os.getpid()
 
 
-def drain() -> None:
-    """Dispatch every reference queued so far, on this thread (no lock held by the caller)."""
-    inbox = QUEUE
-    while True:
-        try:
-            ref = inbox.get_nowait()
-        except queue.Empty:
-            return
-        _dispatch(ref)
-
-
 def _dispatch(ref: weakref.ref[Any]) -> None:
     rec = REGISTRY.pop(ref, None)
     if rec is None:  # gone already (closed by its pool), or another thread's dispatch
@@ -95,4 +85,4 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["QUEUE", "REGISTRY", "drain", "start"]
+__all__ = ["QUEUE", "REGISTRY", "start"]

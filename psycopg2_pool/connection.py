@@ -68,6 +68,7 @@ class Record:
         "expires",
         "hook",
         "key",
+        "lent",
         "owner",
         "pool",
         "ref",
@@ -100,6 +101,9 @@ class Record:
         # another's stack (see taken_by).
         self.taken: tuple[tuple[Any, ...], threading.Thread, float] | None = None
         self.key: Hashable | None = None
+        # The pool's ``_records`` while checked out by getconn with no key and not being
+        # returned, else None: what putconn's fast path tests, once, for a plain return.
+        self.lent: dict[int, Record] | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
 
     def is_out(self) -> bool:

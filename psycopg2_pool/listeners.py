@@ -100,14 +100,6 @@ class Listeners:
         # Checkout stacks are kept inside the checkout dispatch: asking for them hooks it.
         self._checkout_hooked = bool(self._on_checkout or self._on_checkout_fields or depth)
         self._checkin_hooked = bool(self._on_checkin or self._on_checkin_fields)
-        self._update_slow_return()  # a checkin listener runs on the return's slow path
-        self._update_recheck()  # a checkout listener, on the checkout's
-
-    def _update_slow_return(self) -> None:  # pragma: no cover - the pool's (pool.py)
-        raise NotImplementedError
-
-    def _update_recheck(self) -> None:  # pragma: no cover - the pool's (pool.py)
-        raise NotImplementedError
 
     def _forget_stacks(self) -> None:
         """Drop the stack and thread kept for each checked-out connection (an idle one's are

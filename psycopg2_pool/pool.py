@@ -180,28 +180,32 @@ class ReturnTimes(MutableMapping[Any, float]):
     record, so that a checkout and a return touch no dict. Setting an entry shifts that
     record's time, as 1.2's tests do to simulate the passing of time."""
 
-    __slots__ = ("_idle",)
+    __slots__ = ("_idle", "_lock")
 
-    def __init__(self, idle: deque[Connection]) -> None:
+    def __init__(self, idle: deque[Connection], lock: threading.Lock) -> None:
         self._idle = idle
+        self._lock = lock  # the pool's: the idle deque and the records' times are its books
 
     def __getitem__(self, conn: Connection) -> float:
-        if conn not in self._idle:
-            raise KeyError(conn)
-        return float(conn._pool_rec.returned_at)
+        with self._lock:
+            if conn not in self._idle:
+                raise KeyError(conn)
+            return float(conn._pool_rec.returned_at)
 
     def __setitem__(self, conn: Connection, when: float) -> None:
-        if conn not in self._idle:
-            raise KeyError(f"{conn!r} is not idle in this pool: only idle connections have a "
-                           f"return time")
-        conn._pool_rec.returned_at = when
+        with self._lock:
+            if conn not in self._idle:
+                raise KeyError(f"{conn!r} is not idle in this pool: only idle connections "
+                               f"have a return time")
+            conn._pool_rec.returned_at = when
 
     def __delitem__(self, conn: Connection) -> None:
         raise TypeError("return_times follows the idle connections: take one out with "
                         "getconn(), or close them with clear()")
 
     def __iter__(self) -> Iterator[Connection]:
-        return iter(list(self._idle))
+        with self._lock:
+            return iter(list(self._idle))
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -273,14 +277,14 @@ class ConnectionPool(Upkeep):
         #: Idle connections, last in first out (psycopg2-pool 1.2's attribute).
         self.idle_connections: deque[Connection] = deque()
         #: Connection -> monotonic time it became idle (psycopg2-pool 1.2's attribute).
-        self.return_times = ReturnTimes(self.idle_connections)
+        self._lock = threading.Lock()
+        self.return_times = ReturnTimes(self.idle_connections, self._lock)
 
         self._connect_args = {k: v for k, v in connect_kwargs.items()
                               if k != "connection_factory"}
         self._connect_args.update(connect_timeout_default(options))
         self._connect_bound = connect_timeout_text(options, self._connect_args)
         self._factory = pooled_class(factory)
-        self._lock = threading.Lock()
         self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.
         # Every connection of the pool (IDLE, OUT, CLOSING) by id(): entered when a new one
@@ -355,8 +359,7 @@ class ConnectionPool(Upkeep):
         check = getattr(self, "_check_idle_after", None)
         self._idle_limit = idle or _INF
         self._idle_zero = idle == 0  # psycopg2-pool 1.2: close returns beyond minconn at once
-        self._recheck_idle = min(self._idle_limit, _INF if check is None else check - 1e-9)
-        self._update_recheck()
+        self._recheck = min(self._idle_limit, _INF if check is None else check - 1e-9)
         if hasattr(self, "_slow_return"):
             with self._lock:
                 self._update_slow_return()
@@ -385,56 +388,58 @@ class ConnectionPool(Upkeep):
                 if idle:
                     conn = idle.pop()  # out of the deque, then marked (see the rules)
                     rec = conn._pool_rec
-                    rec.state = _OUT
+                    rec.state, rec.lent = _OUT, self._records
                     returned = rec.returned_at
                     rec.since = now
                     self._requests += 1
                 else:
                     conn = None
             if conn is not None:  # from here a raise cannot lose it: it is OUT (see rules)
-                # _recheck is -inf while a checkout listener is attached: one test less
                 if conn.get_transaction_status() or now - returned > self._recheck \
                         or now >= rec.expires:
                     return self._finish_checkout(conn, rec, now, returned, timeout)
+                if self._checkout_hooked:  # inlined dispatch: the path every checkout takes
+                    try:
+                        if self._stack_depth:  # a listener asks who takes connections
+                            try:
+                                frame: FrameType | None = _getframe(1)
+                            except ValueError:  # called from C, with no Python caller
+                                frame = None
+                            rec.taken = (_stack(frame, self._stack_depth),
+                                         _threads_get(_get_ident()) or _current_thread(), now)
+                        for method in self._on_checkout_fields:
+                            try:
+                                method(self, conn, 0.0, False, False)
+                            except Exception:  # noqa: BLE001 - a listener must never break the pool
+                                self._listener_failed(method)
+                        listeners = self._on_checkout
+                        if listeners:
+                            event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
+                            for method in listeners:
+                                try:
+                                    method(event)
+                                except Exception:  # noqa: BLE001 - never break the pool
+                                    self._listener_failed(method)
+                    except BaseException:  # interrupted before the caller got it: discarded
+                        self._abandon(rec, now)
+                        raise
                 return conn
         return self._getconn_slow(key, timeout, counted=False)
 
     def _finish_checkout(self, conn: Connection, rec: Record, now: float, returned: float,
                          timeout: float | None) -> Connection:
-        """The rest of a checkout from the idle deque that needs more than the fast path:
-        the connection's checks, then the listeners (dispatch inlined: telemetry's path)."""
+        """A checkout from the idle deque whose connection needs its checks (status, idle
+        time, lifetime, health check) before it is handed out."""
         try:
-            if conn.get_transaction_status() or now - returned > self._recheck_idle \
-                    or now >= rec.expires:
-                reason = self._unusable(conn, rec, now, returned)
-                if reason is not None:
-                    self._discard(conn, rec, reason)
-                    return self._getconn_slow(None, timeout, counted=True)
-            if self._checkout_hooked:
-                if self._stack_depth:  # a listener asks who takes connections
-                    try:
-                        frame: FrameType | None = _getframe(2)  # getconn's caller
-                    except ValueError:  # called from C, with no Python caller
-                        frame = None
-                    rec.taken = (_stack(frame, self._stack_depth),
-                                 _threads_get(_get_ident()) or _current_thread(), now)
-                for method in self._on_checkout_fields:
-                    try:
-                        method(self, conn, 0.0, False, False)
-                    except Exception:  # noqa: BLE001 - a listener must never break the pool
-                        self._listener_failed(method)
-                listeners = self._on_checkout
-                if listeners:
-                    event = _new_event(CheckoutEvent, (self, conn, 0.0, False, False))
-                    for method in listeners:
-                        try:
-                            method(event)
-                        except Exception:  # noqa: BLE001 - never break the pool
-                            self._listener_failed(method)
+            reason = self._unusable(conn, rec, now, returned)
+            if reason is not None:
+                self._discard(conn, rec, reason)
         except BaseException:  # interrupted before the caller got it: discarded
             self._abandon(rec, now)
             raise
-        return conn
+        if reason is not None:
+            return self._getconn_slow(None, timeout, counted=True)
+        return self._checked_out(conn, 0.0, depth=3)  # the stack from getconn's caller
 
     def putconn(self, conn: Connection, key: Hashable | None = None, close: bool = False) -> None:
         """Return a connection to the pool.
@@ -450,22 +455,48 @@ class ConnectionPool(Upkeep):
             with self._lock:
                 self._claim_return(conn, None, key)  # raises
         now = monotonic()
+        announced = False
+        if self._checkin_hooked and rec.lent is self._records and key is None and not (
+                close or self._slow_return or now >= rec.expires
+                or conn.get_transaction_status()):
+            # A plain return, announced before anyone else can check it out (events stay in
+            # order), outside the lock; inlined dispatch: the path every return takes.
+            since = rec.since
+            use_time = now - since
+            try:
+                for method in self._on_checkin_fields:
+                    try:
+                        method(self, conn, use_time, True, None)
+                    except Exception:  # noqa: BLE001 - a listener must never break the pool
+                        self._listener_failed(method)
+                listeners = self._on_checkin
+                if listeners:
+                    event = _new_event(CheckinEvent, (self, conn, use_time, True, None))
+                    for method in listeners:
+                        try:
+                            method(event)
+                        except Exception:  # noqa: BLE001 - never break the pool
+                            self._listener_failed(method)
+            except BaseException:  # interrupted: the connection is discarded, its slot kept
+                self._abandon(rec, since)
+                raise
+            announced = True
         with self._lock:
-            if rec.owner is not self._records or rec.state is not _OUT or rec.returning \
-                    or key is not None or rec.key is not None:
+            if rec.lent is not self._records or key is not None:  # see Record.lent
                 self._claim_return(conn, rec, key)  # raises on misuse; forgets a key
             self._returns += 1
             if not (close or self._slow_return or now >= rec.expires
                     or conn.get_transaction_status()):  # nothing to do but keep it
-                if self._waiters:
-                    self._hand_over(conn, rec, now)
+                waiter = self._first_waiter() if self._waiters else None
+                if waiter is not None:
+                    self._hand_over(conn, rec, now, waiter)
                 else:  # _settle, inlined
-                    rec.returned_at, rec.state = now, _IDLE_STATE  # marked, then in the deque
+                    rec.returned_at, rec.state, rec.lent = now, _IDLE_STATE, None  # then the deque
                     self.idle_connections.append(conn)
                 return
-            rec.returning = True
+            rec.returning, rec.lent = True, None
             since = rec.since
-        self._putconn_slow(conn, rec, now, since, close)
+        self._putconn_slow(conn, rec, now, since, close, announced)
 
     def connection(self, timeout: float | None = None) -> ConnectionContext:
         """``with pool.connection() as conn:`` checks out, commits or rolls back, returns."""
@@ -499,7 +530,8 @@ class ConnectionPool(Upkeep):
                 signal = threading.Lock()  # released by the next open (see _opened_one)
                 signal.acquire()
                 self._open_signals.append(signal)
-            signal.acquire(timeout=remaining)  # outside the lock: interruptible, harmless
+            # Outside the lock: interruptible, harmless; capped as acquire requires.
+            signal.acquire(timeout=min(remaining, threading.TIMEOUT_MAX))
         raise ServerUnavailable(
             f"pool {self.name!r} opened {opened} of minconn={self.minconn} connections within "
             f"{timeout:g} s: {cause}. The pool keeps trying in the background; check that the "
@@ -558,10 +590,12 @@ class ConnectionPool(Upkeep):
         self._parked = self._queued = self._taken = self._deferred = 0
         # Attempts in progress and connections being closed are not in use.
         in_use = self._size - self._connecting - self._closing
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            waiter.error = self._closed_error()
+        errors = [self._closed_error() for _ in self._waiters]  # made first: no call below
+        for error in errors:  # as a hand-over: set, woken, then off the queue
+            waiter = self._waiters[0]
+            waiter.error = error
             waiter.lock.release()
+            self._waiters.popleft()
         self._release_open_signals()
         return in_use
 
@@ -575,8 +609,8 @@ class ConnectionPool(Upkeep):
     def checkouts(self) -> list[Checkout]:
         """The checked-out connections as the pool recorded their checkout (a snapshot):
         when, and, while a listener asks for it (``checkout_stack_depth``), who took them."""
-        _collector.drain()  # connections dropped meanwhile: announced first, not lost
-        self._reclaim()
+        self._reclaim()  # connections dropped meanwhile: announced first, not lost
+        self._announced()
         with self._lock:
             recs = [rec for rec in self._records.values() if rec.is_out()]
         out = []
@@ -599,7 +633,6 @@ class ConnectionPool(Upkeep):
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of the pool's state and counters since it was created (docs/api.md)."""
-        _collector.drain()
         self._reclaim()
         with self._lock:
             available = len(self.idle_connections)
@@ -652,7 +685,7 @@ class ConnectionPool(Upkeep):
         rescanned = False
         while True:
             if not _collector.QUEUE.empty():  # slots of dropped connections: back first
-                _collector.drain()
+                self._reclaim()
             conn: Connection = None
             waiter: _Waiter | None = None
             error: Exception | None = None
@@ -664,7 +697,8 @@ class ConnectionPool(Upkeep):
                         raise self._closed_error()
                     if not counted:
                         self._requests, counted = self._requests + 1, True
-                    if self.idle_connections and not self._waiters:
+                    if self.idle_connections and (not self._waiters
+                                                  or self._first_waiter() is None):
                         conn = self._take_one_idle()
                         self._ensure_opening()  # minconn, after a discard of this checkout
                     elif limit <= 0:  # may not wait: open one here, as psycopg2-pool 1.2 did
@@ -678,7 +712,8 @@ class ConnectionPool(Upkeep):
                             # a server that does not answer fails the caller as a waiter
                             # would).
                             started = monotonic()
-                            waiter, limit = self._enqueue(), NOT_ANSWERING
+                            waiter, limit = _Waiter(), NOT_ANSWERING
+                            self._enqueue(waiter)
                         elif not rescanned:  # a connection dropped just now frees a slot
                             rescanned = retry = True
                         else:
@@ -692,7 +727,8 @@ class ConnectionPool(Upkeep):
                         if self.max_waiting and len(self._waiters) >= self.max_waiting:
                             error, event = self._refused()
                         else:
-                            waiter = self._enqueue()
+                            waiter = _Waiter()
+                            self._enqueue(waiter)
                 # Outside the lock from here on: listeners may use the pool.
                 if event is not None:
                     self._emit(self._on_timeout, event)
@@ -709,6 +745,7 @@ class ConnectionPool(Upkeep):
                     with self._lock:  # one line: no raise can split the hand-out
                         self._connecting, self._opening, rec.state, rec.since, reserved = (
                             self._connecting - 1, self._opening - 1, _OUT, now, False)
+                        rec.lent = self._records
                         self._records[rec.conn_id] = rec
                         self._ensure_opening()  # minconn, after a discard of this checkout
                         self._opened_one()
@@ -716,6 +753,8 @@ class ConnectionPool(Upkeep):
             except BaseException:
                 if reserved:  # the slot this thread reserved to open into, not handed out
                     self._unreserve_inline(conn)
+                if waiter is not None:  # queued, and nobody will wait: leave, pass it on
+                    self._leave_queue(waiter)
                 raise
             if waiter is not None:
                 conn = self._await(waiter, started, limit)
@@ -764,7 +803,7 @@ class ConnectionPool(Upkeep):
         """Take the newest idle connection and mark it checked out (lock held)."""
         conn = self.idle_connections.pop()  # out of the deque, then marked (as in getconn)
         rec = conn._pool_rec
-        rec.state = _OUT
+        rec.state, rec.lent = _OUT, self._records
         rec.since = monotonic()
         return conn
 
@@ -775,15 +814,19 @@ class ConnectionPool(Upkeep):
         rec.state, self._closing = _CLOSING, self._closing + 1  # one line
         return conn
 
-    def _checked_out(self, conn: Connection, started: float, *, opened: bool = False
-                     ) -> Connection:
+    def _checked_out(self, conn: Connection, started: float, *, opened: bool = False,
+                     depth: int = 1) -> Connection:
         """Finish the checkout of a new or handed-over connection (outside the lock)."""
         if self._checkout_hooked:
             rec = conn._pool_rec
             since = rec.since
             try:
                 if self._stack_depth:  # from here: the pool's own frames are trimmed by readers
-                    rec.taken = (_stack(_getframe(1), self._stack_depth),
+                    try:
+                        frame: FrameType | None = _getframe(depth)
+                    except ValueError:  # called from C, with no Python caller
+                        frame = None
+                    rec.taken = (_stack(frame, self._stack_depth),
                                  _threads_get(_get_ident()) or _current_thread(), since)
                 wait = monotonic() - started if started else 0.0
                 waited = bool(started) and not opened
@@ -854,7 +897,7 @@ class ConnectionPool(Upkeep):
             existing = self._keys.get(key)
             if existing is None:
                 self._keys[key] = conn
-                conn._pool_rec.key = key
+                conn._pool_rec.key, conn._pool_rec.lent = key, None  # returns: the keyed path
         if existing is not None:  # another thread got one for this key meanwhile: use theirs
             self.putconn(conn)
             return existing
@@ -869,13 +912,22 @@ class ConnectionPool(Upkeep):
     # connections to the first in the queue, so nobody barges ahead of a waiter. The waiter
     # blocks on its own lock, outside the pool's.
 
-    def _enqueue(self) -> _Waiter:
+    def _enqueue(self, waiter: _Waiter) -> None:
         """Queue a waiter and start the opens it may need (lock held)."""
-        waiter = _Waiter()
         self._waiters.append(waiter)
         self._stats[WAITS] += 1
         self._ensure_opening()  # room in the pool: a background open serves the queue
-        return waiter
+
+    def _first_waiter(self) -> _Waiter | None:
+        """The first waiter still to be served (lock held): one served already but left at
+        the head (a raise between its wake-up and its removal) is removed now."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.conn is None and waiter.error is None:
+                return waiter
+            waiters.popleft()
+        return None
 
     def _await(self, waiter: _Waiter, started: float, timeout: float) -> Connection:
         """Wait, outside the lock, until ``waiter`` is served or ``timeout`` passes since
@@ -885,8 +937,8 @@ class ConnectionPool(Upkeep):
         try:
             while True:
                 remaining = deadline - monotonic()
-                if remaining > 0:
-                    waiter.lock.acquire(timeout=remaining)
+                if remaining > 0:  # (acquire refuses a timeout past threading.TIMEOUT_MAX)
+                    waiter.lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX))
                 with self._lock:
                     if waiter.conn is not None or waiter.error is not None:
                         break  # served (perhaps at the last moment)
@@ -916,10 +968,9 @@ class ConnectionPool(Upkeep):
         moment goes to the next waiter, or back to the idle deque (closed if the pool is)."""
         now = monotonic()
         with self._lock:
-            if waiter in self._waiters:
+            if waiter in self._waiters:  # (served and left at the head, possibly)
                 self._waiters.remove(waiter)
                 self._trim_opening()
-                return
             conn, waiter.conn = waiter.conn, None
             if conn is None or conn._pool_rec.state is not _OUT:
                 return
@@ -930,21 +981,23 @@ class ConnectionPool(Upkeep):
             self._begin_close(rec)
         self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
 
-    def _hand_over(self, conn: Connection, rec: Record, now: float) -> None:
-        """Give a kept (or new) connection to the first waiter, checked out (lock held)."""
-        waiters = self._waiters
-        waiter = waiters[0]
+    def _hand_over(self, conn: Connection, rec: Record, now: float, waiter: _Waiter) -> None:
+        """Give a kept (or new) connection to ``waiter``, the first to be served, checked
+        out (lock held)."""
         rec.state, rec.returning, rec.since, rec.returned_at = _OUT, False, now, now
+        rec.lent = self._records
         waiter.conn = conn  # the hand-over, done before any call: no raise can split it
-        waiters.popleft()
-        waiter.lock.release()  # (a raise before this: the waiter finds it at its deadline)
+        waiter.lock.release()  # woken: a raise after this leaves it at the head, served
+        self._waiters.popleft()  # (it: nothing else changes the queue under the lock)
+        self._trim_opening()  # one waiter fewer: slots reserved for it and not started go
 
     def _settle(self, conn: Connection, rec: Record, now: float) -> None:
         """A kept connection, checked out or new: to the first waiter, else idle (lock held)."""
-        if self._waiters:
-            self._hand_over(conn, rec, now)
+        waiter = self._first_waiter() if self._waiters else None
+        if waiter is not None:
+            self._hand_over(conn, rec, now, waiter)
             return
-        rec.returned_at, rec.state, rec.returning = now, _IDLE_STATE, False  # then the deque
+        rec.returned_at, rec.state, rec.returning, rec.lent = now, _IDLE_STATE, False, None
         self.idle_connections.append(conn)
 
     def _place(self, conn: Connection, rec: Record, now: float) -> None:
@@ -1031,8 +1084,10 @@ class ConnectionPool(Upkeep):
             rec.key = None
 
     def _putconn_slow(self, conn: Connection, rec: Record, now: float, since: float,
-                      close: bool) -> None:
-        """Return with a reset, a discard or listeners (``rec.returning`` is set)."""
+                      close: bool, announced: bool = False) -> None:
+        """Return with a reset or a discard (``rec.returning`` is set); ``announced``: the
+        checkin listeners ran already (a plain return that a concurrent change, close() or
+        resize(), sent here)."""
         try:
             reason: str | None = DiscardReason.CLOSED_BY_USER if close else None
             if reason is None:
@@ -1046,7 +1101,7 @@ class ConnectionPool(Upkeep):
                     reason = self._surplus()
             if reason is None and self._reset_hook is not None:
                 reason = self._run_reset(conn, rec)
-            if self._checkin_hooked:  # before anyone else can check it out: events in order
+            if self._checkin_hooked and not announced:  # before anyone else can check it out
                 use_time, kept = now - rec.since, reason is None
                 self._emit_fields(self._on_checkin_fields, conn, use_time, kept, reason)
                 if self._on_checkin:
@@ -1130,16 +1185,10 @@ class ConnectionPool(Upkeep):
             raise IOTimeout(f"{getattr(call, '__name__', 'round trip')} took longer than "
                             f"io_timeout={seconds:g}s")
 
-    def _update_recheck(self) -> None:
-        """The idle seconds past which getconn leaves its fast path (-inf: always, while a
-        checkout listener is attached)."""
-        hooked = getattr(self, "_checkout_hooked", False)
-        self._recheck = -_INF if hooked else self._recheck_idle
-
     def _update_slow_return(self) -> None:
         """Whether every ``putconn`` must take the slow path (lock held)."""
         self._slow_return = (self._closed or self._reset_hook is not None or self._idle_zero
-                             or self._checkin_hooked or self._size - self._closing > self.maxconn)
+                             or self._size - self._closing > self.maxconn)
 
     def _take_idle(self) -> list[Connection]:
         """Take every idle connection out of the pool to close them (lock held)."""
@@ -1155,14 +1204,15 @@ class ConnectionPool(Upkeep):
         parent's thread may hold psycopg2's mutex of one for ever), no listener (its locks
         may be held too); the discards are announced later, by a task."""
         self._lock = threading.Lock()
-        self._announcing = threading.RLock()
+        self.return_times = ReturnTimes(self.idle_connections, self._lock)
+        self._announcers = {}
         self._waiters = deque()
         self._open_signals = []
         recs = [rec for rec in self._records.values() if rec.state is not _GONE]
         pairs = [(c, rec) for rec in recs if (c := rec.ref()) is not None]
         conns = [c for c, _ in pairs]
         for rec in recs:
-            rec.state = _GONE
+            rec.state, rec.lent = _GONE, None
         self.idle_connections.clear()
         self._records.clear()
         self._keys.clear()

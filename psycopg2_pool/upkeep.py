@@ -39,6 +39,7 @@ import logging
 import math
 import random
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -214,7 +215,7 @@ class Upkeep(Listeners):
         self._periodic_due: dict[str, float] = {}  # task name -> the run that is current
         self._attempt_ids = itertools.count()
         self._reset_openings()
-        self._announcing = threading.RLock()  # see _reclaim
+        self._announcers: dict[int, int] = {}  # thread ident -> announcements under way
 
     def _reset_openings(self) -> None:
         """No slot reserved, no attempt under way, no outage: at start and in a forked child
@@ -288,6 +289,10 @@ class Upkeep(Listeners):
     def _attempt_ended(self) -> None:
         """A background attempt ended: start a deferred open in its place (lock held)."""
         self._bg_connecting -= 1
+        self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        """Start deferred opens while the pool's ``num_workers`` allow (lock held)."""
         while self._deferred and self._queued + self._bg_connecting < self.num_workers:
             self._deferred -= 1
             if self._backoff.failing:
@@ -346,9 +351,10 @@ class Upkeep(Listeners):
                 return
             else:
                 self._queued -= 1
+            self._trim_opening()  # surplus slots not started go first: this one runs already
             if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
-                self._opening -= 1
-                self._size -= 1
+                self._opening, self._size = self._opening - 1, self._size - 1
+                self._start_deferred()
                 return
             self._connecting += 1
             self._bg_connecting += 1
@@ -417,14 +423,16 @@ class Upkeep(Listeners):
         """
         started = monotonic()
         attempt = next(self._attempt_ids)
-        self._attempts[attempt] = started
+        with self._lock:
+            self._attempts[attempt] = started
         try:
             conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
-        except BaseException as exc:
+        except Exception as exc:  # a KeyboardInterrupt is not the server's failure
             self._attempt_failed(exc, started)
             raise
         finally:
-            self._attempts.pop(attempt, None)
+            with self._lock:
+                self._attempts.pop(attempt, None)
         created = monotonic()
         expires = _INF if self.max_lifetime is None else (
             created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
@@ -567,7 +575,7 @@ class Upkeep(Listeners):
 
     def _begin_close(self, rec: Record) -> None:
         """A checked-out or new connection is to be closed (lock held)."""
-        rec.state, rec.returning, self._closing = CLOSING, False, self._closing + 1
+        rec.state, rec.returning, rec.lent, self._closing = CLOSING, False, None, self._closing + 1
 
     def _free_slot(self) -> None:
         """A reserved slot nothing was opened into is given back; open another in the
@@ -607,7 +615,7 @@ class Upkeep(Listeners):
                         del self._records[rec.conn_id]
                     _collector.REGISTRY.pop(rec.ref, None)
                     self._discards[reason] += 1
-                    if refill:
+                    if refill or self._waiters:  # waiters are served in any case
                         self._ensure_opening()
         return DiscardEvent(self._as_pool(), conn, rec.conn_id, rec.backend_pid, reason,
                             now - rec.created)
@@ -616,16 +624,37 @@ class Upkeep(Listeners):
 
     def _reclaim(self) -> None:
         """Give back the slots of collected connections and announce them (lock not held):
-        on the collector thread, and first thing in a slow checkout or a snapshot. Under
-        ``_announcing`` (reentrant, taken before the pool's lock, never inside it), so that
-        a snapshot (``checkouts()``) returns only once every connection found dead so far
-        has been announced, by whichever thread found it."""
-        with self._announcing:
-            with self._lock:
-                events = self._settle_collected()
-            for event in events:
-                if self._on_discard:
+        on the collector thread, and first thing in a slow checkout or a snapshot. No lock is
+        held while the listeners run; the threads announcing are counted (``_announcers``),
+        so that ``checkouts()`` can wait for another thread's announcements to end."""
+        me = threading.get_ident()
+        with self._lock:
+            events = self._settle_collected()
+            if not events:
+                return
+            self._announcers[me] = self._announcers.get(me, 0) + 1
+        try:
+            if self._on_discard:
+                for event in events:
                     self._emit(self._on_discard, event)
+        finally:
+            with self._lock:
+                left = self._announcers.pop(me, 1) - 1
+                if left:
+                    self._announcers[me] = left
+
+    def _announced(self, limit: float = 1.0) -> None:
+        """Wait (at most ``limit`` seconds, polling) until no *other* thread is announcing
+        collected connections: a snapshot then tells of every connection collected before
+        it. Never waits for this thread (a listener may ask for a snapshot)."""
+        me = threading.get_ident()
+        deadline = monotonic() + limit
+        while True:
+            with self._lock:
+                others = any(ident != me for ident in self._announcers)
+            if not others or monotonic() >= deadline:
+                return
+            time.sleep(0.001)
 
     def _settle_collected(self) -> list[DiscardEvent]:
         """Settle each record whose connection was collected before it was settled (lock

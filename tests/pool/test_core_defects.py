@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -1059,6 +1060,7 @@ def test_suspected_a_caller_that_queues_on_a_pool_closed_meanwhile_gets_poolclos
 # -- suspected: IndexError out of _take_one_idle ------------------------------------------------
 
 
+@pytest.mark.slow  # walks every point, ~3 s
 def test_suspected_a_concurrent_checkout_never_makes_getconn_pop_an_empty_deque(
         make_pool: MakePool) -> None:
     """Suspected (seen once under stress), confirmed: getconn's slow path sees an idle
@@ -1201,3 +1203,121 @@ def test_maxconn_plus_one_a_discarded_connection_is_closed_before_its_replacemen
     assert not early, (
         f"connection attempts began before the discarded connection was closed "
         f"(seconds before, error): {early}; the server saw maxconn + 1 sessions")
+
+
+# -- found in review, after the rewrite -------------------------------------------------------
+
+
+def test_review_discard_listeners_reading_each_others_pool_do_not_deadlock(
+        make_pool: MakePool) -> None:
+    """Two pools whose on_discard reads the *other* pool's stats, both with connections
+    collected at once: no lock is held while discard listeners run, so neither waits on the
+    other, and the collector thread keeps giving slots back."""
+    a, b = make_pool(0, 2), make_pool(0, 2)
+
+    class ReadsOther:
+        def __init__(self, other: ConnectionPool) -> None:
+            self.other = other
+
+        def on_discard(self, event: Any) -> None:
+            time.sleep(0.2)  # both announcing at once
+            self.other.get_stats()
+            self.other.checkouts()
+
+    a.add_listener(ReadsOther(b))
+    b.add_listener(ReadsOther(a))
+    for pool in (a, b):
+        pool.getconn()  # dropped at once
+    gc.collect()
+    done: list[str] = []
+
+    def stats(pool: ConnectionPool, name: str) -> None:
+        pool.get_stats()
+        done.append(name)
+
+    threads = [threading.Thread(target=stats, args=(p, n), daemon=True)
+               for p, n in ((a, "a"), (b, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(done) == ["a", "b"], "get_stats() deadlocked across two pools' listeners"
+    assert wait_until(lambda: a.get_stats()["pool_size"] == 0 == b.get_stats()["pool_size"])
+
+
+def test_review_a_surplus_open_never_strands_a_deferred_one(
+        make_pool: MakePool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """num_workers=1: a waiter's open is deferred behind another's; when a return serves the
+    first waiter, the slot given back must not be the one the second waiter still needs.
+    (The open task starts 0.3 s late, as on a busy worker: private, the only way to hold it.)"""
+    from psycopg2_pool import upkeep
+
+    run = upkeep.OpenConnection.run
+
+    def late(self: Any) -> None:
+        time.sleep(0.3)
+        run(self)
+
+    monkeypatch.setattr(upkeep.OpenConnection, "run", late)
+    pool = make_pool(1, 10, num_workers=1)
+    held = pool.getconn()
+    results: dict[str, str] = {}
+    got: list[Any] = []
+
+    def waiter(name: str) -> None:
+        try:
+            got.append(pool.getconn(timeout=3))  # kept: w2 needs a connection of its own
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results[name] = type(exc).__name__
+        else:
+            results[name] = "ok"
+
+    threads = [threading.Thread(target=waiter, args=(n,), daemon=True) for n in ("w1", "w2")]
+    for thread in threads:
+        thread.start()
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == len(
+            [t for t in threads if t.is_alive()]))
+    pool.putconn(held)  # handed to w1: one reserved slot is now surplus
+    for thread in threads:
+        thread.join(8)
+    for conn in got:
+        pool.putconn(conn)
+    assert results == {"w1": "ok", "w2": "ok"}, results
+
+
+def test_review_an_infinite_timeout_waits_and_is_served(make_pool: MakePool) -> None:
+    """timeout=float('inf') means wait for ever (docs/api.md), not OverflowError."""
+    pool = make_pool(1, 1)
+    held = pool.getconn()
+    timer = threading.Timer(0.2, pool.putconn, args=(held,))
+    timer.start()
+    try:
+        conn = pool.getconn(timeout=math.inf)
+    finally:
+        timer.join()
+    assert conn is held
+    pool.putconn(conn)
+    ready = make_pool(0, 1)
+    ready.resize(minconn=1)  # opened in the background: wait() has something to wait for
+    ready.wait(timeout=math.inf)
+    assert ready.get_stats()["pool_available"] == 1
+
+
+def test_review_clear_serves_a_waiter_once_the_closes_are_done(make_pool: MakePool) -> None:
+    """clear() does not refill to minconn, but a caller that queued while its connections
+    were being closed still gets one when their slots come free."""
+    class SlowClose(psycopg2.extensions.connection):
+        def close(self) -> None:
+            time.sleep(0.3)
+            super().close()
+
+    pool = make_pool(0, 2, connection_factory=SlowClose)
+    a, b = pool.getconn(), pool.getconn()
+    pool.putconn(a)
+    clearing = threading.Thread(target=pool.clear, daemon=True)
+    clearing.start()
+    time.sleep(0.05)  # a is closing; the pool is at maxconn (b out, a closing)
+    conn = pool.getconn(timeout=3)
+    clearing.join(5)
+    pool.putconn(conn)
+    pool.putconn(b)

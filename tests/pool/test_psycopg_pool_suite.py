@@ -1141,6 +1141,7 @@ def test_grow(make_pool: MakePool, proxy: Proxy, min_size: int,
         assert got == pytest.approx(want, 0.1), times
 
 
+@pytest.mark.slow  # a deliberate difference, ~1-2 s
 @deliberate("idle_timeout closes every connection past it at once, minconn's too, and "
             "refills to minconn (psycopg2-pool 1.2), not one connection per max_idle period "
             "down to min_size")
@@ -1264,6 +1265,7 @@ def test_uniform_use(make_pool: MakePool) -> None:
     assert set(counts.values()) == {2}
 
 
+@pytest.mark.slow  # a deliberate difference, ~1-2 s
 @deliberate("resize() to a lower maxconn closes the idle connections beyond it at once, and "
             "idle_timeout closes every connection past it (then refills to minconn), where "
             "psycopg_pool shrinks one connection per max_idle period")
@@ -1311,6 +1313,7 @@ def test_bad_resize(make_pool: MakePool, min_size: int, max_size: int | None) ->
         p.resize(minconn=min_size, maxconn=max_size)
 
 
+@pytest.mark.slow  # a deliberate difference, ~1-2 s
 @deliberate("max_lifetime is enforced at checkout and in the background too, not only when a "
             "connection is returned")
 def test_max_lifetime(make_pool: MakePool) -> None:
@@ -1500,6 +1503,7 @@ def test_stats_check(make_pool: MakePool, admin: Any) -> None:
         assert stats["discarded_failed_check"] == 1  # psycopg_pool's connections_lost
 
 
+@pytest.mark.slow  # a deliberate difference, ~1-2 s
 @deliberate("faster growth: callers that wait start background opens at once (num_workers at "
             "a time), and those that land after the spike stay idle (8 here), where "
             "psycopg_pool grows one connection at a time")

@@ -361,6 +361,7 @@ class Boom(Exception):
     pass
 
 
+@pytest.mark.slow  # a stress run
 def test_64_threads_with_random_exceptions_and_server_kills(server: OwnServer,
                                                             figure: Figure) -> None:
     """Invariants checked all along: no connection out twice, in use + idle <= maxconn;

@@ -25,6 +25,7 @@ def can_pin() -> bool:
             and os.geteuid() == 0 and not os.environ.get("PSYCOPG2_POOL_TEST_DSN"))
 
 
+@pytest.mark.slow  # 8 s: the whole benchmark script, tiny
 def test_benchmark_quick_run(dsn: str, tmp_path: Path) -> None:
     output = tmp_path / "result.md"
     result = subprocess.run(
