@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,6 +111,25 @@ def table(admin: Any) -> Iterator[str]:
     yield name
     with admin.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def limited_role(admin: Any) -> Iterator[str]:
+    """A non-superuser login role allowed two connections at once."""
+    role = f"limited_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    yield role
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE usename = %s", (role,))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
+            if cur.fetchone()[0] == 0:
+                break
+            time.sleep(0.01)
+        cur.execute(f"DROP ROLE {role}")
 
 
 @pytest.fixture

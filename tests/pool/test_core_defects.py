@@ -48,7 +48,6 @@ import sys
 import threading
 import time
 import types
-import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -317,25 +316,6 @@ def hung_proxy(dsn: str) -> Iterator[Proxy]:
     proxy = Proxy(target)  # type: ignore[arg-type]  # it reads these three fields only
     yield proxy
     proxy.close()
-
-
-@pytest.fixture
-def limited_role(admin: Any) -> Iterator[str]:
-    """A non-superuser login role allowed two connections at once."""
-    role = f"limited_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
-    yield role
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE usename = %s", (role,))
-        deadline = monotonic() + 5
-        while monotonic() < deadline:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
-            if cur.fetchone()[0] == 0:
-                break
-            time.sleep(0.01)
-        cur.execute(f"DROP ROLE {role}")
 
 
 class Once:
