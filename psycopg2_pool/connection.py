@@ -212,6 +212,20 @@ def pooled_class(factory: type) -> type:
 @cache
 def _pooled_class(factory: type) -> type:
     base_cursor = factory.cursor  # type: ignore[attr-defined]
+    base_close = factory.close  # type: ignore[attr-defined]
+
+    def close(self: Any) -> None:
+        """psycopg2's ``close()``; with the pool's ``close_returns=True``, a checked-out
+        connection is returned to the pool instead, and an idle one (returned already) is
+        left alone: it is the pool's to close."""
+        rec = getattr(self, "_pool_rec", None)
+        if rec is not None and (rec.state is OUT or rec.state is IDLE):
+            pool = rec.pool()
+            if pool is not None and pool.close_returns:
+                if rec.state is OUT and not rec.returning:
+                    pool.putconn(self)
+                return
+        base_close(self)
 
     def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         """psycopg2's ``cursor()``, refused once the connection was returned to the pool."""
@@ -227,6 +241,7 @@ def _pooled_class(factory: type) -> type:
         "__enter__": _enter,
         "__exit__": _exit,
         "cursor": cursor,
+        "close": close,
         "__doc__": f"A {factory.__name__} opened by a psycopg2_pool pool; "
                    "``with conn:`` returns it to the pool.",
     })

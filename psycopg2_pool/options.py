@@ -122,6 +122,13 @@ def hook(name: str, value: Any) -> Any:
     return value
 
 
+def flag(name: str, value: Any) -> bool:
+    """A bool, and nothing that merely looks true (a string, a number)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def pool_name(value: Any) -> str | None:
     """The ``name`` argument: a non-empty str, or None for the default name."""
     if value is not None and (not isinstance(value, str) or not value):

@@ -233,6 +233,7 @@ class ConnectionPool(Upkeep):
                  io_timeout: float | None = 5.0, max_waiting: int = 0, num_workers: int = 3,
                  configure: Callable[[Connection], object] | None = None,
                  reset: Callable[[Connection], object] | None = None,
+                 close_returns: bool = False,
                  name: str | None = None, **connect_kwargs: Any) -> None:
         sizes(minconn, maxconn)
         # After maxconn: psycopg2-pool 1.2's idle_timeout, or psycopg2.pool's arguments of
@@ -241,6 +242,7 @@ class ConnectionPool(Upkeep):
         _options.hook("check", check)
         _options.hook("configure", configure)
         _options.hook("reset", reset)
+        _options.flag("close_returns", close_returns)
         _options.pool_name(name)
         _options.synchronous(connect_kwargs)
         factory = connect_kwargs.get("connection_factory")
@@ -271,6 +273,9 @@ class ConnectionPool(Upkeep):
         self.num_workers = count("num_workers", num_workers, minimum=1)
         self._configure = configure  # called on each new connection before first use
         self._reset_hook = reset  # called on each return of a connection that is kept
+        #: ``conn.close()`` on a checked-out connection returns it (psycopg_pool's option):
+        #: for code that releases a connection by closing it, such as SQLAlchemy's NullPool.
+        self.close_returns = close_returns
         self.connect_kwargs = connect_kwargs
         self.name = name or default_pool_name(options)
 
