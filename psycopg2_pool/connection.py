@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Hashable, Iterator, MutableMapping
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,46 @@ class Record:
         if taken is None or taken[2] != since:
             return None, None
         return taken[0], taken[1]
+
+
+class ReturnTimes(MutableMapping[Any, float]):
+    """psycopg2-pool 1.2's ``return_times`` (idle connection -> ``time.monotonic()`` when it
+    was returned), as a view of the idle connections' records: the time is kept on each
+    record, so that a checkout and a return touch no dict. Setting an entry shifts that
+    record's time, as 1.2's tests do to simulate the passing of time."""
+
+    __slots__ = ("_idle", "_lock")
+
+    def __init__(self, idle: deque[Any], lock: threading.Lock) -> None:
+        self._idle = idle
+        self._lock = lock  # the pool's: the idle deque and the records' times are its books
+
+    def __getitem__(self, conn: Any) -> float:
+        with self._lock:
+            if conn not in self._idle:
+                raise KeyError(conn)
+            return float(conn._pool_rec.returned_at)
+
+    def __setitem__(self, conn: Any, when: float) -> None:
+        with self._lock:
+            if conn not in self._idle:
+                raise KeyError(f"{conn!r} is not idle in this pool: only idle connections "
+                               f"have a return time")
+            conn._pool_rec.returned_at = when
+
+    def __delitem__(self, conn: Any) -> None:
+        raise TypeError("return_times follows the idle connections: take one out with "
+                        "getconn(), or close them with clear()")
+
+    def __iter__(self) -> Iterator[Any]:
+        with self._lock:
+            return iter(list(self._idle))
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 def closed_reason(conn: Any) -> str:
@@ -273,5 +314,5 @@ class ConnectionContext:
 
 
 __all__ = ["CLOSING", "GONE", "IDLE", "NEW", "OUT", "RETURNED", "RETURNED_INSIDE_WITH",
-           "ConnectionContext", "PooledConnection", "Record", "check_connection",
+           "ConnectionContext", "PooledConnection", "Record", "ReturnTimes", "check_connection",
            "closed_reason", "end_transaction", "leave", "pooled_class"]

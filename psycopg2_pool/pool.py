@@ -9,20 +9,19 @@ The rules (docs/layout.md repeats them; tests/pool/test_core_*.py and test_inter
 hold the pool to them):
 
 **One lock.** ``_lock`` guards every field of the books: ``idle_connections``,
-``return_times``, ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the
-counters of reserved slots (upkeep.py), ``_stats``, ``_discards``, ``_requests``,
-``_returns``, ``_closed`` and each record's ``state``/``returning``/``since``/
-``returned_at``. Both fast paths (an idle connection at hand; a return with nothing to do)
-take it once, for a handful of ``deque``/``dict``
-operations: there is no lock-free path through the books, so no rule leans on the GIL making
-a single ``deque`` or ``dict`` operation atomic, and the same code is correct on a
-free-threaded CPython (3.13t and later). The cost, measured by benchmarks/run.py, is an
-uncontended acquire and release per checkout and per return (see docs/performance.md).
+``return_times`` (a view of the idle records, :class:`~psycopg2_pool.connection.ReturnTimes`),
+``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of reserved slots
+and ``_attempts`` (upkeep.py), ``_stats``, ``_discards``, ``_requests``, ``_returns``,
+``_closed``, ``_announcers``, and each record's ``state``, ``returning``, ``lent``,
+``since``, ``returned_at`` and ``key``. Both fast paths (an idle connection at hand; a
+return with nothing to do) take it once, for a handful of ``deque``/``dict`` operations.
 The lock is never held across I/O (connecting, rolling back, closing, health checks) nor
-while a listener or a user callback runs, and it is only taken with ``with``: a blocking
-acquire that a signal interrupts raises before the block is entered, so no code ever
-releases a lock it does not hold. Lock order: a pool's ``_lock``, then the scheduler's; the
-watchdog's and the collector's locks are never held with another.
+while a listener or a user callback runs, the announcement of collected connections
+included, and it is only taken with ``with``: a blocking acquire that a signal interrupts
+raises before the block is entered, so no code ever releases a lock it does not hold. Lock
+order: a pool's ``_lock``, then the scheduler's; the watchdog's and the collector's locks
+are never held with another. The cost, measured by benchmarks/run.py, is an uncontended
+``with`` per checkout and per return (docs/performance.md).
 
 **What runs without it.** Nothing of ours on the garbage collector's callback: a record's
 weak reference has a C method as its callback (``SimpleQueue.put``, reentrant), which
@@ -30,8 +29,13 @@ queues the dead reference for the collector thread (:mod:`psycopg2_pool._collect
 Python code runs there, so nothing can take a lock on a thread that may hold any lock at
 all (the pool's, the scheduler's, a listener's), and no signal can cut it short. The
 collector, and every snapshot first, settles the records whose connection is dead
-(:meth:`Upkeep._reclaim`, under the lock). The watchdog's disarm is one ``dict.pop``
-(:mod:`psycopg2_pool._watchdog`).
+(:meth:`Upkeep._reclaim`, under the lock). Besides that, only *reads* are made without the
+lock, each to decide whether to take a path whose locked part checks again:
+``putconn`` reads the record's ``lent``/``since`` and the return's conditions to announce a
+plain return to checkin listeners before it locks; a pooled connection's ``close()``
+(``close_returns``) reads the record's ``state``; the periodic tasks read and write
+``_periodic_due``, which only their own chain touches. The watchdog's disarm is one
+``dict.pop`` (:mod:`psycopg2_pool._watchdog`).
 
 **What may raise into the pool, where.** Listeners and the ``check``, ``reset`` and
 ``configure`` callables may raise anything; an ``Exception`` is contained (logged, counted,
@@ -93,7 +97,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import Any
@@ -107,7 +111,14 @@ from .connection import CLOSING as _CLOSING
 from .connection import GONE as _GONE
 from .connection import IDLE as _IDLE_STATE
 from .connection import OUT as _OUT
-from .connection import ConnectionContext, Record, check_connection, closed_reason, pooled_class
+from .connection import (
+    ConnectionContext,
+    Record,
+    ReturnTimes,
+    check_connection,
+    closed_reason,
+    pooled_class,
+)
 from .dsn import default_pool_name, parse_options
 from .errors import (
     IOTimeout,
@@ -172,46 +183,6 @@ class _Waiter:
         self.lock.acquire()
         self.conn: Connection = None  # a strong reference: the giver may drop its own
         self.error: BaseException | None = None
-
-
-class ReturnTimes(MutableMapping[Any, float]):
-    """psycopg2-pool 1.2's ``return_times`` (idle connection -> ``time.monotonic()`` when it
-    was returned), as a view of the idle connections' records: the time is kept on each
-    record, so that a checkout and a return touch no dict. Setting an entry shifts that
-    record's time, as 1.2's tests do to simulate the passing of time."""
-
-    __slots__ = ("_idle", "_lock")
-
-    def __init__(self, idle: deque[Connection], lock: threading.Lock) -> None:
-        self._idle = idle
-        self._lock = lock  # the pool's: the idle deque and the records' times are its books
-
-    def __getitem__(self, conn: Connection) -> float:
-        with self._lock:
-            if conn not in self._idle:
-                raise KeyError(conn)
-            return float(conn._pool_rec.returned_at)
-
-    def __setitem__(self, conn: Connection, when: float) -> None:
-        with self._lock:
-            if conn not in self._idle:
-                raise KeyError(f"{conn!r} is not idle in this pool: only idle connections "
-                               f"have a return time")
-            conn._pool_rec.returned_at = when
-
-    def __delitem__(self, conn: Connection) -> None:
-        raise TypeError("return_times follows the idle connections: take one out with "
-                        "getconn(), or close them with clear()")
-
-    def __iter__(self) -> Iterator[Connection]:
-        with self._lock:
-            return iter(list(self._idle))
-
-    def __len__(self) -> int:
-        return len(self._idle)
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
 
 
 class ConnectionPool(Upkeep):
@@ -774,36 +745,6 @@ class ConnectionPool(Upkeep):
                 self._abandon(rec, since)
                 raise
 
-    def _reserve_inline(self) -> bool:
-        """Reserve a slot for this ``timeout=0`` caller to open into (lock held): one whose
-        background open has not started (so that a refill never fails it), else a new one
-        below ``maxconn``. Each branch commits in one line: no raise can split it."""
-        if not self._waiters:  # reserved slots are the waiters' otherwise
-            if self._deferred:
-                self._deferred, self._connecting = self._deferred - 1, self._connecting + 1
-                return True
-            if self._parked:
-                self._parked, self._connecting = self._parked - 1, self._connecting + 1
-                return True
-            if self._queued:  # its OpenConnection task will find it taken and do nothing
-                self._queued, self._taken, self._connecting = (
-                    self._queued - 1, self._taken + 1, self._connecting + 1)
-                return True
-        if self._size < self.maxconn:
-            self._size, self._opening, self._connecting = (
-                self._size + 1, self._opening + 1, self._connecting + 1)
-            return True
-        return False
-
-    def _unreserve_inline(self, conn: Connection | None) -> None:
-        """Give back a slot reserved by :meth:`_reserve_inline` whose connection was not
-        handed out (the open failed, or was interrupted); close the connection if it exists."""
-        if conn is not None:  # opened (and counted): closed, counted as discarded
-            self._drop_new(conn, conn._pool_rec, counted=True)
-        with self._lock:
-            self._connecting, self._opening = self._connecting - 1, self._opening - 1
-            self._free_slot()
-
     def _take_one_idle(self) -> Connection:
         """Take the newest idle connection and mark it checked out (lock held)."""
         conn = self.idle_connections.pop()  # out of the deque, then marked (as in getconn)
@@ -1004,10 +945,6 @@ class ConnectionPool(Upkeep):
             return
         rec.returned_at, rec.state, rec.returning, rec.lent = now, _IDLE_STATE, False, None
         self.idle_connections.append(conn)
-
-    def _place(self, conn: Connection, rec: Record, now: float) -> None:
-        """A new connection for the pool: to the first waiter, else idle (lock held)."""
-        self._settle(conn, rec, now)
 
     def _timed_out(self, started: float, timeout: float) -> tuple[Exception, TimeoutEvent]:
         """The error of a waiter whose timeout passed (lock held): the server could not be

@@ -28,7 +28,7 @@ What the tasks run is :class:`Upkeep`, a base class of
 and opening connections into them (in a task, or on the caller's thread for ``__init__`` and
 a ``timeout=0`` checkout), the reconnect backoff, pruning and retiring, and closing what
 leaves the pool. The pool's core (:mod:`psycopg2_pool.pool`: checkout, return, waiting and
-hand-over) decides where a new connection goes (:meth:`Upkeep._place`).
+hand-over) decides where a new connection goes (:meth:`Upkeep._settle`).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class Upkeep(Listeners):
     _stats: dict[str, float]
     _discards: dict[str, int]
     idle_connections: deque[Connection]
-    return_times: Any  #: a view of the idle records' return times (pool.ReturnTimes)
+    return_times: Any  #: a view of the idle records' return times (connection.ReturnTimes)
     minconn: int
     maxconn: float
     num_workers: int
@@ -226,7 +226,7 @@ class Upkeep(Listeners):
         self._queued = 0  # reserved slots whose OpenConnection task has not started
         self._deferred = 0  # reserved slots waiting for one of the pool's num_workers
         self._bg_connecting = 0  # background attempts in progress (at most num_workers)
-        self._taken = 0  # of those, slots a timeout=0 caller took over (see _take_reserved)
+        self._taken = 0  # of those, slots a timeout=0 caller took over (see _reserve_inline)
         self._retry_scheduled = False
         self._backoff = Backoff()
         self._attempts: dict[int, float] = {}  # attempt id -> when it started, while it runs
@@ -237,10 +237,18 @@ class Upkeep(Listeners):
         """This object as the events name it: the pool (slow paths only)."""
         return cast("ConnectionPool", self)
 
-    def _place(self, conn: Connection, rec: Record, now: float) -> None:
-        """Where a new connection goes: to the first waiter, else idle (lock held). The core's
-        decision (hand-over), implemented by the pool."""
+    def _settle(self, conn: Connection, rec: Record, now: float) -> None:
+        """Where a kept or new connection goes: to the first waiter, else idle (lock held).
+        The core's decision (hand-over), implemented by the pool."""
         raise NotImplementedError  # pragma: no cover
+
+    def _forget(self, rec: Record) -> None:
+        """A GONE record leaves the pool's records and the collector's registry (lock held;
+        last, after the books: left behind by a raise, a GONE record is skipped by every
+        reader, and the collector drops its registry entry when the connection dies)."""
+        if self._records.get(rec.conn_id) is rec:  # its id may be a new one's already
+            del self._records[rec.conn_id]
+        _collector.REGISTRY.pop(rec.ref, None)
 
     # -- opening ---------------------------------------------------------------------------
     # A slot (counted in _size) is reserved before a connection is opened into it. Reserved
@@ -302,22 +310,35 @@ class Upkeep(Listeners):
                 self._queued += 1
                 self._start_open()
 
-    def _take_reserved(self) -> bool:
-        """Let a ``timeout=0`` caller open into a slot reserved for ``minconn`` whose open has
-        not started, so that a refill in the background never fails it (lock held)."""
-        if self._waiters:  # the slots are theirs
-            return False
-        if self._deferred:
-            self._deferred -= 1
-            return True
-        if self._parked:
-            self._parked -= 1
-            return True
-        if self._queued:  # its OpenConnection task will find it taken and do nothing
-            self._queued -= 1
-            self._taken += 1
+    def _reserve_inline(self) -> bool:
+        """Reserve a slot for this ``timeout=0`` caller to open into (lock held): one whose
+        background open has not started (so that a refill never fails it), else a new one
+        below ``maxconn``. Each branch commits in one line: no raise can split it."""
+        if not self._waiters:  # reserved slots are the waiters' otherwise
+            if self._deferred:
+                self._deferred, self._connecting = self._deferred - 1, self._connecting + 1
+                return True
+            if self._parked:
+                self._parked, self._connecting = self._parked - 1, self._connecting + 1
+                return True
+            if self._queued:  # its OpenConnection task will find it taken and do nothing
+                self._queued, self._taken, self._connecting = (
+                    self._queued - 1, self._taken + 1, self._connecting + 1)
+                return True
+        if self._size < self.maxconn:
+            self._size, self._opening, self._connecting = (
+                self._size + 1, self._opening + 1, self._connecting + 1)
             return True
         return False
+
+    def _unreserve_inline(self, conn: Connection | None) -> None:
+        """Give back a slot reserved by :meth:`_reserve_inline` whose connection was not
+        handed out (the open failed, or was interrupted); close the connection if it exists."""
+        if conn is not None:  # opened (and counted): closed, counted as discarded
+            self._drop_new(conn, conn._pool_rec, counted=True)
+        with self._lock:
+            self._connecting, self._opening = self._connecting - 1, self._opening - 1
+            self._free_slot()
 
     def _trim_opening(self) -> None:
         """Give back parked slots nobody needs any more, e.g. after a waiter left (lock held)."""
@@ -381,7 +402,7 @@ class Upkeep(Listeners):
             if closed:
                 self._begin_close(rec)
             else:
-                self._place(conn, rec, now)
+                self._settle(conn, rec, now)
             self._opened_one()
         if closed:
             self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
@@ -402,7 +423,7 @@ class Upkeep(Listeners):
             self._connecting, self._opening = self._connecting - 1, self._opening - 1
             rec.since = now
             self._records[rec.conn_id] = rec
-            self._place(conn, rec, now)
+            self._settle(conn, rec, now)
             self._opened_one()
 
     def _opened_one(self) -> None:
@@ -476,7 +497,7 @@ class Upkeep(Listeners):
         """A NEW connection nobody will get (its open was interrupted): closed, and counted
         as an ``interrupted`` discard if it was counted as opened."""
         rec.state = GONE  # a NEW record is its opening thread's alone
-        _collector.REGISTRY.pop(rec.ref, None)
+        self._forget(rec)
         with contextlib.suppress(Exception):
             conn.close()
         if counted:
@@ -611,12 +632,10 @@ class Upkeep(Listeners):
             with self._lock:
                 if rec.state is CLOSING:
                     rec.state, self._size, self._closing = GONE, self._size - 1, self._closing - 1
-                    if self._records.get(rec.conn_id) is rec:
-                        del self._records[rec.conn_id]
-                    _collector.REGISTRY.pop(rec.ref, None)
                     self._discards[reason] += 1
                     if refill or self._waiters:  # waiters are served in any case
                         self._ensure_opening()
+                    self._forget(rec)
         return DiscardEvent(self._as_pool(), conn, rec.conn_id, rec.backend_pid, reason,
                             now - rec.created)
 
@@ -670,8 +689,7 @@ class Upkeep(Listeners):
                 reason = DiscardReason.INTERRUPTED
             else:
                 continue
-            del self._records[rec.conn_id]
-            _collector.REGISTRY.pop(rec.ref, None)
+            self._forget(rec)
             if rec.key is not None:
                 self._keys.pop(rec.key, None)
             self._discards[reason] += 1
