@@ -11,17 +11,21 @@ hold the pool to them):
 **One lock.** ``_lock`` guards every field of the books: ``idle_connections``,
 ``return_times`` (a view of the idle records, :class:`~psycopg2_pool.connection.ReturnTimes`),
 ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of reserved slots
-and ``_attempts`` (upkeep.py), ``_stats``, ``_discards``, ``_requests``, ``_returns``,
-``_closed``, ``_announcers``, and each record's ``state``, ``returning``, ``lent``,
+and ``_attempts`` (upkeep.py), ``_stats``, ``_discards``, ``_closed``, ``_announcers``,
+``_fast``'s counters and flag, and each record's ``state``, ``returning``, ``lent``,
 ``since``, ``returned_at`` and ``key``. Both fast paths (an idle connection at hand; a
-return with nothing to do) take it once, for a handful of ``deque``/``dict`` operations.
+return with nothing to do) take it once, for a handful of ``deque``/``dict`` operations:
+the critical sections of :mod:`psycopg2_pool.critical` (``_fast``, which also keeps the
+counters of checkouts and returns and the ``slow_return`` flag), one C call each where the
+package was built with its C part, else the same steps in Python.
 The lock is never held across I/O (connecting, rolling back, closing, health checks) nor
 while a listener or a user callback runs, the announcement of collected connections
-included, and it is only taken with ``with``: a blocking acquire that a signal interrupts
-raises before the block is entered, so no code ever releases a lock it does not hold. Lock
-order: a pool's ``_lock``, then the scheduler's; the watchdog's and the collector's locks
-are never held with another. The cost, measured by benchmarks/run.py, is an uncontended
-``with`` per checkout and per return (docs/performance.md).
+included, and Python code takes it only with ``with``: a blocking acquire that a signal
+interrupts raises before the block is entered, so no code ever releases a lock it does not
+hold; inside a C section no signal's exception is delivered at all. Lock order: a pool's
+``_lock``, then the scheduler's; the watchdog's and the collector's locks are never held
+with another. The cost, measured by benchmarks/run.py, is one C call per checkout and per
+return, or an uncontended ``with`` each in pure Python (docs/performance.md).
 
 **What runs without it.** Nothing of ours on the garbage collector's callback: a record's
 weak reference has a C method as its callback (``SimpleQueue.put``, reentrant), which
@@ -31,8 +35,10 @@ all (the pool's, the scheduler's, a listener's), and no signal can cut it short.
 collector, and every snapshot first, settles the records whose connection is dead
 (:meth:`Upkeep._reclaim`, under the lock). Besides that, only *reads* are made without the
 lock, each to decide whether to take a path whose locked part checks again:
-``putconn`` reads the record's ``lent``/``since`` and the return's conditions to announce a
-plain return to checkin listeners before it locks; a pooled connection's ``close()``
+``putconn`` reads the record's ``lent``/``since``, ``_fast.slow_return`` and the return's
+conditions to announce a plain return to checkin listeners before it locks; a checkout
+reads the ``returned_at`` of the OUT record it has just been lent (only the thread it is
+lent to writes it); a pooled connection's ``close()``
 (``close_returns``) reads the record's ``state``; the periodic tasks read and write
 ``_periodic_due``, which only their own chain touches. The watchdog's disarm is one
 ``dict.pop`` (:mod:`psycopg2_pool._watchdog`).
@@ -74,6 +80,9 @@ marks a token fired *before* it takes it off ``_armed``, so that a disarm which 
 nothing there finds the mark, an order those per-object locks preserve). What would change
 is speed: an uncontended lock costs about the same, but two threads can then run the
 critical section's neighbours truly at once, which the benchmarks cannot measure here.
+The C sections (``_critical.c``) write the books under the same lock only, and so would
+hold there too, but they do not declare free-threading support: such a build turns the GIL
+back on when it imports them (with a warning), until they are built and tested for it.
 
 **Fork.** A forked child (``_after_fork_in_child``) never closes nor frees an inherited
 connection: psycopg2 takes a per-connection mutex to close one, and a thread of the parent
@@ -81,6 +90,7 @@ that was running a query at the fork holds it for ever in the child. The child p
 inherited socket at ``/dev/null`` and keeps the objects (:mod:`psycopg2_pool._forking`).
 
 The other parts, each in its module (none imports this one at run time):
+:mod:`~psycopg2_pool.critical` the fast paths' critical sections and their lock,
 :mod:`~psycopg2_pool.connection` the record of a connection and its states, what the caller
 holds, :mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
 opening, reconnecting, pruning, retiring and closing (a base class of the pool),
@@ -119,6 +129,8 @@ from .connection import (
     closed_reason,
     pooled_class,
 )
+from .critical import FastPaths as _FastPaths
+from .critical import Lock as _Lock
 from .dsn import default_pool_name, parse_options
 from .errors import (
     IOTimeout,
@@ -253,7 +265,7 @@ class ConnectionPool(Upkeep):
         #: Idle connections, last in first out (psycopg2-pool 1.2's attribute).
         self.idle_connections: deque[Connection] = deque()
         #: Connection -> monotonic time it became idle (psycopg2-pool 1.2's attribute).
-        self._lock = threading.Lock()
+        self._lock = _Lock()
         self.return_times = ReturnTimes(self.idle_connections, self._lock)
 
         self._connect_args = {k: v for k, v in connect_kwargs.items()
@@ -273,10 +285,11 @@ class ConnectionPool(Upkeep):
         self._self_ref = weakref.ref(self)  # what the collector is woken with
         self._init_upkeep()
         self._starting = True  # __init__ opens minconn itself and raises on failure
-        self._slow_return = True  # putconn must take its slow path (_update_slow_return)
+        # The fast paths' critical sections, with the counters of checkouts and returns and
+        # whether putconn must take its slow path (_update_slow_return): critical.py.
+        self._fast = _FastPaths(self._lock, self.idle_connections, self._records,
+                                self._waiters)
         self._reset_failed_logged = False
-        self._requests = 0
-        self._returns = 0
         self._stats: dict[str, float] = dict.fromkeys(_keys.COUNTERS, 0)
         self._discards = dict.fromkeys(DiscardReason.ALL, 0)
         self._init_listeners()
@@ -336,7 +349,7 @@ class ConnectionPool(Upkeep):
         self._idle_limit = idle or _INF
         self._idle_zero = idle == 0  # psycopg2-pool 1.2: close returns beyond minconn at once
         self._recheck = min(self._idle_limit, _INF if check is None else check - 1e-9)
-        if hasattr(self, "_slow_return"):
+        if hasattr(self, "_fast"):
             with self._lock:
                 self._update_slow_return()
 
@@ -356,21 +369,13 @@ class ConnectionPool(Upkeep):
             timeout = seconds("timeout", timeout)
         if key is None:
             now = monotonic()  # outside the lock: the shorter it is held, the less it convoys
-            with self._lock:
-                idle = self.idle_connections
-                # Idle connections and waiters never coexist under the lock (a connection
-                # that becomes idle goes to the first waiter; a caller queues only when none
-                # is idle); and a closed pool has none idle: one test suffices.
-                if idle:
-                    conn = idle.pop()  # out of the deque, then marked (see the rules)
-                    rec = conn._pool_rec
-                    rec.state, rec.lent = _OUT, self._records
-                    returned = rec.returned_at
-                    rec.since = now
-                    self._requests += 1
-                else:
-                    conn = None
+            # Idle connections and waiters never coexist under the lock (a connection that
+            # becomes idle goes to the first waiter; a caller queues only when none is idle);
+            # and a closed pool has none idle: the section tests only the idle deque.
+            conn = self._fast.take(now)
             if conn is not None:  # from here a raise cannot lose it: it is OUT (see rules)
+                rec = conn._pool_rec
+                returned = rec.returned_at  # an OUT record's, read by the thread it is lent to
                 if conn.get_transaction_status() or now - returned > self._recheck \
                         or now >= rec.expires:
                     return self._finish_checkout(conn, rec, now, returned, timeout)
@@ -432,9 +437,11 @@ class ConnectionPool(Upkeep):
                 self._claim_return(conn, None, key)  # raises
         now = monotonic()
         announced = False
-        if self._checkin_hooked and rec.lent is self._records and key is None and not (
-                close or self._slow_return or now >= rec.expires
-                or conn.get_transaction_status()):
+        # What only the returning thread can change is tested once, outside the lock.
+        plain = key is None and not (close or now >= rec.expires
+                                     or conn.get_transaction_status())
+        if plain and self._checkin_hooked and rec.lent is self._records \
+                and not self._fast.slow_return:
             # A plain return, announced before anyone else can check it out (events stay in
             # order), outside the lock; inlined dispatch: the path every return takes.
             since = rec.since
@@ -457,12 +464,13 @@ class ConnectionPool(Upkeep):
                 self._abandon(rec, since)
                 raise
             announced = True
+        if plain and self._fast.keep(conn, rec, now):  # kept, unless a waiter is to be served
+            return
         with self._lock:
             if rec.lent is not self._records or key is not None:  # see Record.lent
                 self._claim_return(conn, rec, key)  # raises on misuse; forgets a key
-            self._returns += 1
-            if not (close or self._slow_return or now >= rec.expires
-                    or conn.get_transaction_status()):  # nothing to do but keep it
+            self._fast.returns += 1
+            if plain and not self._fast.slow_return:  # nothing to do but keep it
                 waiter = self._first_waiter() if self._waiters else None
                 if waiter is not None:
                     self._hand_over(conn, rec, now, waiter)
@@ -547,7 +555,7 @@ class ConnectionPool(Upkeep):
         background tasks stop.
         """
         with self._lock:  # every step below may run again: a later call finishes the work
-            self._closed = self._slow_return = True
+            self._closed = self._fast.slow_return = True
             conns = self._take_idle()
             in_use = self._close_books()
             announce, self._close_announced = not self._close_announced, True
@@ -621,8 +629,8 @@ class ConnectionPool(Upkeep):
                 _keys.POOL_IN_USE: self._size - available - self._opening - self._closing,
                 _keys.POOL_OPENING: self._opening,
                 _keys.REQUESTS_WAITING: len(self._waiters),
-                _keys.REQUESTS: self._requests,
-                _keys.RETURNS: self._returns,
+                _keys.REQUESTS: self._fast.requests,
+                _keys.RETURNS: self._fast.returns,
                 _keys.UNAVAILABLE_S: round(self._backoff.unavailable_for(monotonic()), 6),
             }
             counters = dict(self._stats)
@@ -672,7 +680,7 @@ class ConnectionPool(Upkeep):
                     if self._closed:  # misuse, not a request (as for a keyed getconn)
                         raise self._closed_error()
                     if not counted:
-                        self._requests, counted = self._requests + 1, True
+                        self._fast.requests, counted = self._fast.requests + 1, True
                     if self.idle_connections and (not self._waiters
                                                   or self._first_waiter() is None):
                         conn = self._take_one_idle()
@@ -1129,8 +1137,9 @@ class ConnectionPool(Upkeep):
 
     def _update_slow_return(self) -> None:
         """Whether every ``putconn`` must take the slow path (lock held)."""
-        self._slow_return = (self._closed or self._reset_hook is not None or self._idle_zero
-                             or self._size - self._closing > self.maxconn)
+        self._fast.slow_return = bool(self._closed or self._reset_hook is not None
+                                      or self._idle_zero
+                                      or self._size - self._closing > self.maxconn)
 
     def _take_idle(self) -> list[Connection]:
         """Take every idle connection out of the pool to close them (lock held)."""
@@ -1145,10 +1154,14 @@ class ConnectionPool(Upkeep):
         """Forget every inherited connection without touching it: no close, no free (a
         parent's thread may hold psycopg2's mutex of one for ever), no listener (its locks
         may be held too); the discards are announced later, by a task."""
-        self._lock = threading.Lock()
+        fast = self._fast  # a new lock and sections of the same kinds (C or Python)
+        self._lock = type(fast.lock)()
         self.return_times = ReturnTimes(self.idle_connections, self._lock)
         self._announcers = {}
         self._waiters = deque()
+        self._fast = type(fast)(self._lock, self.idle_connections, self._records, self._waiters)
+        self._fast.requests, self._fast.returns = fast.requests, fast.returns
+        self._fast.slow_return = fast.slow_return
         self._open_signals = []
         recs = [rec for rec in self._records.values() if rec.state is not _GONE]
         pairs = [(c, rec) for rec in recs if (c := rec.ref()) is not None]

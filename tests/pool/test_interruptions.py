@@ -19,6 +19,11 @@ interleaving of that action with the call, one per step, deterministically.
 Callbacks: listeners, ``reset``, ``configure`` and ``check`` raise KeyboardInterrupt,
 SystemExit or a plain Exception once, on each path that calls them.
 
+Sections: each test runs twice, with the fast paths' critical sections as the package runs
+them (C, ``psycopg2_pool._critical``, one step each: nothing can land inside) and with their
+Python reference (:class:`psycopg2_pool.critical.PyFastPaths`, what runs where the C part was
+not built), whose every step is walked like the rest of the pool's code.
+
 The number of steps of each call today is in the comment of its scenario and in the session's
 summary of figures ("interruptions: ..."). A failure lists the steps that broke the invariant,
 up to a time budget: where the interrupt arrived (``file:line function: source`` of the
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 import time
 import uuid
@@ -38,13 +44,16 @@ from typing import Any
 
 import pytest
 
+import psycopg2_pool.pool
 from psycopg2_pool import (
     ConnectionPool,
     PoolClosed,
     PoolExhausted,
     PoolListener,
     check_connection,
+    critical,
 )
+from tests.conftest import SLOW_TESTS_ENV
 from tests.support.invariants import (
     Injected,
     Preemption,
@@ -55,6 +64,7 @@ from tests.support.invariants import (
     settled,
 )
 from tests.support.pools import settled_backend_count, wait_until
+from tests.support.system import REQUIRE_BINARIES_ENV
 
 #: A run (pool, call, checks) that takes longer hangs: it fails the test.
 RUN_TIMEOUT = 20.0
@@ -431,8 +441,26 @@ def conclude(found: Exploration, scenario: Scenario, figure: Figure, family: str
         pytest.fail(found.report(scenario.name), pytrace=False)
 
 
-@pytest.fixture
-def ctx(dsn: str, admin: Any) -> Ctx:
+@pytest.fixture(params=["C", "Python"], ids=lambda p: f"sections-{p}")
+def ctx(request: pytest.FixtureRequest, dsn: str, admin: Any,
+        monkeypatch: pytest.MonkeyPatch) -> Ctx:
+    """The server, with the pools made here running their critical sections in C or in
+    Python (see the module docstring)."""
+    if request.param == "Python" and os.environ.get(SLOW_TESTS_ENV) != "1":
+        scenario = getattr(request.node, "callspec", None) and \
+            request.node.callspec.params.get("scenario")
+        if getattr(scenario, "name", None) not in DEFAULT_SUITE:
+            pytest.skip(f"slow: the Python sections under this walk run in .ci/run's slow set "
+                        f"(set {SLOW_TESTS_ENV}=1 to run them here); the default suite walks "
+                        f"them in {', '.join(DEFAULT_SUITE)}")
+    if request.param == "Python":  # private: the classes pool.py makes its sections with
+        monkeypatch.setattr(psycopg2_pool.pool, "_FastPaths", critical.PyFastPaths)
+        monkeypatch.setattr(psycopg2_pool.pool, "_Lock", threading.Lock)
+    elif not critical.ACCELERATED:
+        message = "psycopg2_pool._critical is not built here (or PSYCOPG2_POOL_PURE_PYTHON=1)"
+        if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
+            pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
+        pytest.skip(message)
     return Ctx(dsn, admin)
 
 
