@@ -32,6 +32,7 @@ from . import _collector
 from ._driver import extensions
 from .errors import PoolError
 from .events import DiscardReason
+from .roles import server_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import ConnectionPool
@@ -66,7 +67,9 @@ class Record:
         "backend_pid",
         "conn_id",
         "created",
+        "doomed",
         "expires",
+        "generation",
         "hook",
         "key",
         "lent",
@@ -75,6 +78,7 @@ class Record:
         "ref",
         "returned_at",
         "returning",
+        "server",
         "since",
         "state",
         "taken",
@@ -106,6 +110,14 @@ class Record:
         # returned, else None: what putconn's fast path tests, once, for a plain return.
         self.lent: dict[int, Record] | None = None
         self.hook = False  # True while ``configure`` or ``reset`` runs on it
+        # ``host:port`` of its server, as libpq chose it among the DSN's hosts (roles.py).
+        self.server = server_of(conn)
+        # The pool's count of drain() calls when its open began: opened before a later
+        # drain(), it is never handed out (see ConnectionPool.drain).
+        self.generation = 0
+        # Set under the lock with ``expires = -inf`` when the connection must go at its next
+        # return or checkout: the DiscardReason it goes with (drained, role changed).
+        self.doomed: str | None = None
 
     def is_out(self) -> bool:
         """True while the connection is checked out (and not being returned)."""

@@ -44,9 +44,15 @@ class DiscardReason:
     #: its checkout or return was interrupted by an exception (KeyboardInterrupt, a
     #: listener's BaseException...) at a point where its state is in doubt
     INTERRUPTED = "interrupted"
+    #: its server no longer plays the role the pool's ``target_session_attrs`` asks for
+    #: (a primary turned read-only or demoted, a standby promoted): every connection to that
+    #: server is replaced (:class:`RoleChangeEvent`)
+    ROLE_CHANGED = "role_changed"
+    DRAINED = "drained"  #: replaced by :meth:`ConnectionPool.drain`
 
     ALL = (BROKEN, IDLE_TIMEOUT, MAX_LIFETIME, CLOSED_BY_USER, FAILED_CHECK, POOL_CLOSED,
-           FORK, GARBAGE_COLLECTED, CLEARED, FAILED_RESET, RESIZED, INTERRUPTED)
+           FORK, GARBAGE_COLLECTED, CLEARED, FAILED_RESET, RESIZED, INTERRUPTED, ROLE_CHANGED,
+           DRAINED)
 
 
 class ConnectEvent(NamedTuple):
@@ -138,6 +144,22 @@ class RecoveredEvent(NamedTuple):
     error: BaseException | None  #: the last failure of the outage
 
 
+class RoleChangeEvent(NamedTuple):
+    """A server no longer plays the role the pool asks libpq for (``target_session_attrs``):
+    the pool replaces every connection to it, idle ones at once and checked-out ones when
+    they are returned, and opens new ones through the DSN (libpq picks a server that has the
+    role). Sent once per server and incident, by the thread whose connection noticed it.
+    """
+
+    pool: ConnectionPool
+    server: str  #: ``host:port`` of that server, as libpq connected to it
+    role: str  #: the ``target_session_attrs`` the pool asks for (``read-write``, ...)
+    #: what the server now reports: ``default_transaction_read_only=on in_hot_standby=off``
+    reported: str
+    idle_closed: int  #: idle connections to it, closed now
+    in_use: int  #: checked-out connections to it, closed when they are returned
+
+
 class CloseEvent(NamedTuple):
     """The pool was closed."""
 
@@ -188,14 +210,18 @@ class PoolListener:
     def on_recovered(self, event: RecoveredEvent) -> None:
         """A connection opened again after an outage."""
 
+    def on_role_change(self, event: RoleChangeEvent) -> None:
+        """A server lost the role the pool asks for; its connections are being replaced."""
+
     def on_close(self, event: CloseEvent) -> None:
         """The pool was closed."""
 
 
 #: Listener method names, in the order the pool dispatches them.
 HOOKS = ("on_connect", "on_checkout_fields", "on_checkout", "on_checkin_fields", "on_checkin",
-         "on_timeout", "on_discard", "on_unavailable", "on_recovered", "on_close")
+         "on_timeout", "on_discard", "on_unavailable", "on_recovered", "on_role_change",
+         "on_close")
 
 __all__ = ["CheckinEvent", "Checkout", "CheckoutEvent", "CloseEvent", "ConnectEvent",
            "DiscardEvent", "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent",
-           "TimeoutEvent", "UnavailableEvent"]
+           "RoleChangeEvent", "TimeoutEvent", "UnavailableEvent"]

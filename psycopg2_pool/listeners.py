@@ -52,6 +52,7 @@ class Listeners:
         self._on_discard: Methods = ()
         self._on_unavailable: Methods = ()
         self._on_recovered: Methods = ()
+        self._on_role_change: Methods = ()
         self._on_close: Methods = ()
 
     def add_listener(self, listener: object) -> None:

@@ -113,10 +113,13 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import _collector, _forking
+from . import arguments as _arguments
 from . import options as _options
+from . import roles as _roles
 from . import stats as _keys
 from ._driver import extensions
 from ._watchdog import WATCHDOG
+from .arguments import Kwargs
 from .connection import CLOSING as _CLOSING
 from .connection import GONE as _GONE
 from .connection import IDLE as _IDLE_STATE
@@ -160,10 +163,11 @@ from .options import (
     sizes,
 )
 from .reconnect import FACTOR, INITIAL_DELAY, MAX_DELAY, NOT_ANSWERING
+from .replacement import Replacement
 from .scheduler import SCHEDULER
 from .stacks import stack as _stack
 from .stats import EXHAUSTED, REQUESTS_REFUSED, ROLLBACKS, TIMEOUTS, WAIT_TIME, WAITS
-from .upkeep import AnnounceFork, Upkeep
+from .upkeep import AnnounceFork
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -197,7 +201,7 @@ class _Waiter:
         self.error: BaseException | None = None
 
 
-class ConnectionPool(Upkeep):
+class ConnectionPool(Replacement):
     """A thread-safe pool of psycopg2 connections.
 
     ``ConnectionPool(minconn=1, maxconn=inf, idle_timeout=600, **connect_kwargs)`` as in
@@ -217,6 +221,7 @@ class ConnectionPool(Upkeep):
                  configure: Callable[[Connection], object] | None = None,
                  reset: Callable[[Connection], object] | None = None,
                  close_returns: bool = False,
+                 kwargs: Kwargs | None = None,
                  name: str | None = None, **connect_kwargs: Any) -> None:
         sizes(minconn, maxconn)
         # After maxconn: psycopg2-pool 1.2's idle_timeout, or psycopg2.pool's arguments of
@@ -231,6 +236,7 @@ class ConnectionPool(Upkeep):
         factory = connect_kwargs.get("connection_factory")
         if factory is None:
             factory = extensions.connection
+        dsn_source, kwargs_source = _arguments.split(connect_kwargs, kwargs)
         options = parse_options(connect_kwargs)
         connect_kwargs.setdefault("dsn", "")
 
@@ -244,7 +250,7 @@ class ConnectionPool(Upkeep):
         self.check_idle_after = check_idle_after
         if check is not None and check_idle_after is None:
             self.check_idle_after = 0.0
-        self.check = check if check is not None else check_connection
+        self._check = check if check is not None else check_connection
         #: Seconds the pool's own round trips (``check``, rollback and ``reset`` on return)
         #: may take before the connection is deemed broken: its socket is shut down and it
         #: is discarded.
@@ -272,6 +278,13 @@ class ConnectionPool(Upkeep):
                               if k != "connection_factory"}
         self._connect_args.update(connect_timeout_default(options))
         self._connect_bound = connect_timeout_text(options, self._connect_args)
+        self._arguments = _arguments.ConnectArguments(self._connect_args, dsn_source,
+                                                      kwargs_source)
+        #: The role libpq was asked to pick a server for (``target_session_attrs``), which
+        #: the pool keeps its connections to (roles.py), or None.
+        self.role = _roles.wanted_role(options)
+        self._role_lost = _roles.LOST.get(self.role or "")  # tested on every return
+        self._drains = 0  # drain() calls: a connection opened before the last is not used
         self._factory = pooled_class(factory)
         self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.
@@ -439,7 +452,8 @@ class ConnectionPool(Upkeep):
         announced = False
         # What only the returning thread can change is tested once, outside the lock.
         plain = key is None and not (close or now >= rec.expires
-                                     or conn.get_transaction_status())
+                                     or conn.get_transaction_status()
+                                     or (self._role_lost is not None and self._role_lost(conn)))
         if plain and self._checkin_hooked and rec.lent is self._records \
                 and not self._fast.slow_return:
             # A plain return, announced before anyone else can check it out (events stay in
@@ -801,10 +815,10 @@ class ConnectionPool(Upkeep):
         if self.idle_timeout and now - returned > self.idle_timeout:
             return DiscardReason.IDLE_TIMEOUT
         if now >= rec.expires:
-            return DiscardReason.MAX_LIFETIME
+            return rec.doomed or DiscardReason.MAX_LIFETIME
         if self.check_idle_after is not None and now - returned >= self.check_idle_after:
             try:
-                self._bounded(self.check, conn)
+                self._bounded(self._check, conn)
             except Exception:  # noqa: BLE001 - any failure means "do not hand it out"
                 return DiscardReason.FAILED_CHECK
             if conn.get_transaction_status() != _IDLE:
@@ -947,6 +961,8 @@ class ConnectionPool(Upkeep):
 
     def _settle(self, conn: Connection, rec: Record, now: float) -> None:
         """A kept connection, checked out or new: to the first waiter, else idle (lock held)."""
+        if rec.generation != self._drains:
+            self._mark_if_drained(rec)
         waiter = self._first_waiter() if self._waiters else None
         if waiter is not None:
             self._hand_over(conn, rec, now, waiter)
@@ -1045,7 +1061,9 @@ class ConnectionPool(Upkeep):
                 if status:
                     reason = self._reset(conn, status)
             if reason is None and now >= rec.expires:
-                reason = DiscardReason.MAX_LIFETIME
+                reason = rec.doomed or DiscardReason.MAX_LIFETIME
+            if reason is None and self._role_lost is not None and self._role_lost(conn):
+                reason = self._role_changed(conn, rec)  # and every connection to its server
             if reason is None:
                 with self._lock:
                     reason = self._surplus()

@@ -64,6 +64,7 @@ from .scheduler import SCHEDULER
 from .stats import CONNECT_TIME, CONNECTIONS_ERRORS, CONNECTIONS_NUM, OUTAGES
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .arguments import ConnectArguments
     from .pool import ConnectionPool
 
 logger = logging.getLogger("psycopg2_pool")
@@ -208,6 +209,8 @@ class Upkeep(Listeners):
     # How to connect.
     _factory: type
     _connect_args: dict[str, Any]
+    _arguments: ConnectArguments
+    _drains: int
     _configure: Callable[[Connection], object] | None
 
     def _init_upkeep(self) -> None:
@@ -443,11 +446,13 @@ class Upkeep(Listeners):
         outage begins or ends) and keeps the backoff; the caller owns the slot.
         """
         started = monotonic()
+        generation = self._drains  # a drain() from here on makes this connection unusable
         attempt = next(self._attempt_ids)
         with self._lock:
             self._attempts[attempt] = started
         try:
-            conn = psycopg2.connect(connection_factory=self._factory, **self._connect_args)
+            conn = psycopg2.connect(connection_factory=self._factory,
+                                    **self._arguments.resolve())
         except Exception as exc:  # a KeyboardInterrupt is not the server's failure
             self._attempt_failed(exc, started)
             raise
@@ -458,6 +463,7 @@ class Upkeep(Listeners):
         expires = _INF if self.max_lifetime is None else (
             created + self.max_lifetime * random.uniform(0.9, 1.0))  # jitter: no mass reconnect
         rec = Record(conn, self._as_pool(), created, expires, self._records)
+        rec.generation = generation
         try:
             if self._configure is not None:
                 self._run_configure(conn, rec)

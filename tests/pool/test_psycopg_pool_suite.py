@@ -16,9 +16,8 @@ are both a real TCP proxy here (:class:`Proxy`): psycopg2 is never patched, ever
 reaches the real server, a slow connect is a proxy that waits before it forwards.
 
 Marked, not failing: ``xfail(strict=True, reason="deliberate difference: ...")`` where this
-pool differs on purpose (docs/migration.md lists each), ``xfail`` where the test
-calls ``check()`` or ``drain()``, which do not exist yet (they may come later). Tests that
-fail without a mark show a defect of this pool.
+pool differs on purpose (docs/migration.md lists each). Tests that fail without a mark show
+a defect of this pool.
 
 Not ported (the feature is not this pool's):
 
@@ -88,16 +87,6 @@ IDLE = ext.TRANSACTION_STATUS_IDLE
 ACTIVE = ext.TRANSACTION_STATUS_ACTIVE
 INTRANS = ext.TRANSACTION_STATUS_INTRANS
 INERROR = ext.TRANSACTION_STATUS_INERROR
-
-#: psycopg_pool's ``check()`` checks every idle connection now; here ``check`` is the health
-#: check callable (``p.check()`` calls it without a connection: TypeError).
-NO_CHECK = pytest.mark.xfail(raises=TypeError, strict=True,
-                             reason="ConnectionPool.check() (check the idle connections now) "
-                                    "does not exist yet (may come later; `check` is the "
-                                    "health-check callable here)")
-NO_DRAIN = pytest.mark.xfail(raises=AttributeError, strict=True,
-                             reason="ConnectionPool.drain() does not exist yet (may come later)")
-
 
 def deliberate(reason: str, raises: type[BaseException] = AssertionError) -> Any:
     """The mark of a test that fails because this pool differs from psycopg_pool on purpose."""
@@ -775,7 +764,6 @@ def test_check_timeout(make_pool: MakePool) -> None:
     assert time() - t0 <= 1.5
 
 
-@NO_DRAIN
 def test_drain(make_pool: MakePool) -> None:
     pids1 = set()
     pids2 = set()
@@ -787,7 +775,7 @@ def test_drain(make_pool: MakePool) -> None:
             pids1.add(conn.info.backend_pid)
             with p.connection() as conn2:
                 pids1.add(conn2.info.backend_pid)
-                p.drain()  # type: ignore[attr-defined]
+                p.drain()
         assert len(pids1) == 2
 
         with p.connection() as conn:
@@ -1226,7 +1214,6 @@ def test_reconnect_after_grow_failed(make_pool: MakePool, proxy: Proxy) -> None:
         assert len(p.idle_connections) == p.minconn == 4
 
 
-@NO_CHECK
 def test_refill_on_check(make_pool: MakePool, proxy: Proxy) -> None:
     proxy.start()
 
@@ -1239,14 +1226,14 @@ def test_refill_on_check(make_pool: MakePool, proxy: Proxy) -> None:
         proxy.stop()
 
         # Checking the pool will empty it
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         assert len(p.idle_connections) == 0
 
         # Allow to connect again
         proxy.start()
 
         # Make sure that check has refilled the pool
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         p.wait(timeout=2)
         assert len(p.idle_connections) == 4
 
@@ -1328,7 +1315,6 @@ def test_max_lifetime(make_pool: MakePool) -> None:
     assert pids[0] == pids[1] != pids[4], pids
 
 
-@NO_CHECK
 def test_check(make_pool: MakePool, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     with make_pool(4) as p:
@@ -1342,7 +1328,7 @@ def test_check(make_pool: MakePool, caplog: Any) -> None:
         conn.close()
 
         assert len(caplog.records) == 0
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         assert len(caplog.records) == 1
         p.wait(1.0)
         pids2 = {conn.info.backend_pid for conn in p.idle_connections}
@@ -1350,11 +1336,10 @@ def test_check(make_pool: MakePool, caplog: Any) -> None:
         assert pid not in pids2
 
 
-@NO_CHECK
 def test_check_idle(make_pool: MakePool) -> None:
     with make_pool(2) as p:
         p.wait(1.0)
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         with p.connection() as conn:
             assert conn.get_transaction_status() == IDLE
 
@@ -1454,7 +1439,6 @@ def test_connect_check_timeout(make_pool: MakePool, proxy: Proxy) -> None:
             execute(conn, "select 1")
 
 
-@NO_CHECK
 def test_check_max_lifetime(make_pool: MakePool) -> None:
     with make_pool(1, max_lifetime=0.2) as p:
         with p.connection() as conn:
@@ -1462,12 +1446,13 @@ def test_check_max_lifetime(make_pool: MakePool) -> None:
         with p.connection() as conn:
             assert conn.info.backend_pid == pid
         sleep(0.3)
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         with p.connection() as conn:
             assert conn.info.backend_pid != pid
 
 
-@NO_CHECK
+@deliberate("connections_num counts the connections opened; the attempts are connections_num "
+            "+ connections_errors (psycopg_pool counts attempts in connections_num)")
 def test_stats_connect(make_pool: MakePool, proxy: Proxy) -> None:
     proxy.start()
     proxy.delay = 0.2
@@ -1480,7 +1465,7 @@ def test_stats_connect(make_pool: MakePool, proxy: Proxy) -> None:
         assert 580 <= stats["connections_ms"] < 1200
 
         proxy.stop()
-        p.check()  # type: ignore[attr-defined]
+        p.check()
         sleep(0.1)
         stats = p.get_stats()
         assert stats["connections_num"] > 3

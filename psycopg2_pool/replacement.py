@@ -1,0 +1,193 @@
+"""Replacing connections that are fine but must go: ``drain()``, ``check()``, and a server
+that lost the role the pool asked libpq for (failover).
+
+- :meth:`Replacement.drain` (psycopg_pool's): every connection is replaced, idle ones now and
+  checked-out ones when they are returned; new ones open in the background with the
+  connection arguments of now. A connection whose open began before the drain is never
+  handed out either. For credential rotation, a server restart you know of, a failover your
+  own tooling detected.
+- :meth:`Replacement.check` (psycopg_pool's): every idle connection is checked now, on the
+  caller's thread; broken and expired ones are replaced.
+- A role change (roles.py): a connection returned with its server reporting that it no
+  longer plays the pool's ``target_session_attrs`` role makes the pool replace every
+  connection to that server (idle ones are closed by a background task, checked-out ones
+  when they are returned), once per server and incident (:class:`~.events.RoleChangeEvent`,
+  one warning in the log).
+
+A connection that must go is *doomed* under the lock: its record's ``doomed`` holds the
+discard reason and its ``expires`` is set in the past, so that the return and checkout fast
+paths, which already compare ``expires``, send it to their slow paths without a new test.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from . import roles as _roles
+from .connection import CLOSING, OUT, Record, closed_reason
+from .events import DiscardReason, RoleChangeEvent
+from .scheduler import SCHEDULER
+from .upkeep import Upkeep
+
+logger = logging.getLogger("psycopg2_pool")
+
+_IDLE_STATUS = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE
+Connection = Any
+
+
+class CloseReplaced:
+    """Close idle connections taken out of use by a role change, in the background (the
+    thread that noticed the change is the application's, returning a connection)."""
+
+    __slots__ = ("conns", "pool_ref", "reason")
+    name = "close_replaced"
+
+    def __init__(self, pool: Replacement, conns: list[Connection], reason: str) -> None:
+        self.pool_ref: weakref.ref[Any] = weakref.ref(pool)
+        self.conns = conns
+        self.reason = reason
+
+    def run(self) -> None:
+        pool = self.pool_ref()
+        conns, self.conns = self.conns, []
+        if pool is not None:
+            pool._close_all(conns, self.reason)  # and opens their replacements
+
+
+class Replacement(Upkeep):
+    """``drain()``, ``check()`` and the replacement of a server's connections (a base of
+    the pool, like :class:`~.upkeep.Upkeep`; "(lock held)" as there)."""
+
+    _drains: int
+    _role_lost: Callable[[Connection], bool] | None
+    role: str | None
+    idle_connections: Any
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones are closed now, checked-out ones when they
+        are returned, and new ones open in the background (through a callable ``dsn`` or
+        ``kwargs``, called again). A connection being opened right now is not handed out.
+        On a closed pool, nothing to do."""
+        with self._lock:
+            self._drains += 1
+            conns, _ = self._doom(lambda rec: True, DiscardReason.DRAINED)
+        self._close_all(conns, DiscardReason.DRAINED)  # and opens their replacements
+
+    def check(self) -> None:
+        """Check every idle connection now, on this thread: each one is taken out of use
+        and health-checked (the ``check`` callable, bounded by ``io_timeout``); a broken or
+        expired one is discarded and replaced in the background, the others go back (to a
+        waiting caller first). psycopg_pool's ``check()``."""
+        pool = self._as_pool()
+        with self._lock:  # a closed pool has none idle
+            pending = [pool._take_one_idle() for _ in range(len(self.idle_connections))]
+        checked, discarded = len(pending), []
+        try:
+            while pending:
+                conn = pending.pop()
+                rec = conn._pool_rec
+                since = rec.since
+                try:
+                    reason = self._checked_now(conn, rec)
+                    with self._lock:
+                        if reason is None and self._closed:
+                            reason = DiscardReason.POOL_CLOSED
+                        if reason is None:
+                            self._settle(conn, rec, monotonic())
+                        else:  # still OUT: a sweep dooms a checked-out record, never takes it
+                            self._begin_close(rec)
+                except BaseException:  # interrupted: this one is discarded, the rest kept
+                    pool._abandon(rec, since)
+                    raise
+                if reason is not None:
+                    discarded.append(reason)
+                    self._close_connection(conn, rec, reason, monotonic())
+        finally:
+            if pending:  # not checked (interrupted): back as they were
+                now = monotonic()
+                with self._lock:
+                    for conn in pending:
+                        if self._closed:
+                            self._begin_close(conn._pool_rec)
+                        else:
+                            self._settle(conn, conn._pool_rec, now)
+                if self._closed:
+                    self._close_all([c for c in pending if c._pool_rec.state is CLOSING],
+                                    DiscardReason.POOL_CLOSED)
+        if discarded:  # one line per call, as psycopg_pool's check() warns
+            logger.warning("pool %r: check() discarded %d of %d idle connections (%s); "
+                           "replacements open in the background", self.name, len(discarded),
+                           checked, ", ".join(sorted(set(discarded))))
+
+    def _checked_now(self, conn: Connection, rec: Record) -> str | None:
+        """Why a connection taken out by :meth:`check` must go, or None (outside the lock)."""
+        pool = self._as_pool()
+        if conn.get_transaction_status() != _IDLE_STATUS:
+            return closed_reason(conn)
+        if monotonic() >= rec.expires:
+            return rec.doomed or DiscardReason.MAX_LIFETIME
+        try:
+            pool._bounded(pool._check, conn)
+        except Exception:  # noqa: BLE001 - any failure means "do not keep it"
+            return DiscardReason.FAILED_CHECK
+        if conn.get_transaction_status() != _IDLE_STATUS:
+            return DiscardReason.FAILED_CHECK
+        if self._role_lost is not None and self._role_lost(conn):
+            return self._role_changed(conn, rec)
+        return None
+
+    def _doom(self, match: Callable[[Record], bool], reason: str
+              ) -> tuple[list[Connection], int]:
+        """Take the matching idle connections out of use (CLOSING: the caller closes them)
+        and doom the matching checked-out ones (lock held); (those taken, those doomed)."""
+        idle = self.idle_connections
+        taken = [conn for conn in idle if match(conn._pool_rec)]
+        for conn in taken:
+            idle.remove(conn)  # out of the deque, then marked (the core's rules)
+            conn._pool_rec.state, self._closing = CLOSING, self._closing + 1  # one line
+        doomed = 0
+        for rec in self._records.values():
+            if rec.state is OUT and rec.doomed is None and match(rec):
+                rec.doomed, rec.expires = reason, -math.inf  # its return sees it expired
+                doomed += 1
+        return taken, doomed
+
+    def _role_changed(self, conn: Connection, rec: Record) -> str:
+        """``conn`` (checked out, its slot still the caller's) is on a server that lost the
+        pool's role: replace every connection to that server; the discard reason for it."""
+        reason = DiscardReason.ROLE_CHANGED
+        server = rec.server
+        with self._lock:
+            if rec.doomed is not None:  # another connection noticed first: same incident
+                return rec.doomed
+            rec.doomed = reason
+            conns, in_use = self._doom(lambda r: r.server == server, reason)
+        reported = _roles.describe(conn)
+        logger.warning("pool %r: server %s no longer has the role target_session_attrs=%s "
+                       "asks for (it reports %s): replacing its connections (%d idle now, "
+                       "%d in use when returned); new ones open through the DSN",
+                       self.name, server, self.role, reported, len(conns), in_use + 1)
+        if conns:
+            SCHEDULER.call_soon(CloseReplaced(self, conns, reason))
+        if self._on_role_change:
+            self._emit(self._on_role_change,
+                       RoleChangeEvent(self._as_pool(), server, self.role or "", reported,
+                                       len(conns), in_use + 1))
+        return reason
+
+    def _mark_if_drained(self, rec: Record) -> None:
+        """A kept or new connection opened before the last :meth:`drain` is doomed (lock
+        held): it goes at its next checkout instead of being used."""
+        if rec.generation != self._drains and rec.doomed is None:
+            rec.doomed, rec.expires = DiscardReason.DRAINED, -math.inf
+
+
+#: The tasks of this module, for a reader and for ``SCHEDULER.pending()``.
+TASKS = (CloseReplaced,)
+
+__all__ = ["CloseReplaced", "Replacement", "TASKS"]
