@@ -228,6 +228,34 @@ def build() -> dict[str, Any]:
                              "{{" + POOL + "}}", "A")], "short",
                      thresholds((None, "green"), (1, "red"))), 8, 8)
 
+    replaced = series(names.DISCARDS, REASON + '=~"role_changed|drained"')
+    layout.row("Failover")
+    layout.add(panel("stat", "Failovers seen (range)",
+                     "Times a server lost the role the pool's target_session_attrs asks for "
+                     "(a primary fenced or demoted, a standby promoted), over the time range: "
+                     "each time, the pool replaced every connection to that server and opened "
+                     "new ones through the DSN. The server_role_changed log event names the "
+                     "server and what it reported; the Psycopg2PoolFailover alert fires on it.",
+                     [target(f"sum by ({POOL}) (increase({series(names.ROLE_CHANGES)}"
+                             f"[$__range]))", "{{" + POOL + "}}", "A")], "short",
+                     thresholds((None, "green"), (1, "orange"))), 8, 8)
+    layout.add(panel("timeseries", "Connections replaced (failover, drain)",
+                     "Connections closed per second because their server changed role, or "
+                     "because drain() was called: after a failover, one burst the size of "
+                     "the pool, then nothing.",
+                     [target(f"sum by ({POOL}, {REASON}) (rate({replaced}[{RATE}]))",
+                             "{{" + REASON + "}} {{" + POOL + "}}", "A")], "ops"), 16, 8)
+    by_server = f"{POOL}, {label(names.SERVER_ADDRESS)}, {label(names.SERVER_PORT)}"
+    layout.add(panel("timeseries", "Connections by server",
+                     "Connections open per server a multi-host DSN let libpq choose, idle and "
+                     "in use: a write pool moves from the old primary to the new one at a "
+                     "failover; a read pool (target_session_attrs=read-only or "
+                     "prefer-standby, load_balance_hosts=random) spreads over the replicas.",
+                     [target(f"sum by ({by_server}) ({series(names.SERVER_CONNECTIONS)})",
+                             "{{" + label(names.SERVER_ADDRESS) + "}}:{{"
+                             + label(names.SERVER_PORT) + "}} {{" + POOL + "}}", "A")],
+                     "short"), 24, 8)
+
     layout.row("Per instance")
     layout.add(panel("timeseries", "Connections in use by instance",
                      "Drill-down: connections in use per scraped process, to find the one "

@@ -20,6 +20,8 @@ from .events import (
     DiscardReason,
     PoolListener,
     RecoveredEvent,
+    RoleChangeEvent,
+    RoleRestoredEvent,
     TimeoutEvent,
     UnavailableEvent,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "PoolListener",
     "PooledConnection",
     "RecoveredEvent",
+    "RoleChangeEvent",
+    "RoleRestoredEvent",
     "ServerUnavailable",
     "SimpleConnectionPool",
     "ThreadSafeConnectionPool",

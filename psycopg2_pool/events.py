@@ -160,6 +160,17 @@ class RoleChangeEvent(NamedTuple):
     in_use: int  #: checked-out connections to it, closed when they are returned
 
 
+class RoleRestoredEvent(NamedTuple):
+    """After a :class:`RoleChangeEvent`: the first new connection to a server that has the
+    role the pool asks for. The pool has moved (``server`` is usually the new primary)."""
+
+    pool: ConnectionPool
+    lost: str  #: ``host:port`` of the server that lost the role
+    server: str  #: ``host:port`` of the server this connection is on
+    role: str  #: the ``target_session_attrs`` the pool asks for
+    after: float  #: seconds from the notice of the change to this connection
+
+
 class CloseEvent(NamedTuple):
     """The pool was closed."""
 
@@ -213,6 +224,9 @@ class PoolListener:
     def on_role_change(self, event: RoleChangeEvent) -> None:
         """A server lost the role the pool asks for; its connections are being replaced."""
 
+    def on_role_restored(self, event: RoleRestoredEvent) -> None:
+        """After a role change, the first new connection to a server with the role."""
+
     def on_close(self, event: CloseEvent) -> None:
         """The pool was closed."""
 
@@ -220,8 +234,8 @@ class PoolListener:
 #: Listener method names, in the order the pool dispatches them.
 HOOKS = ("on_connect", "on_checkout_fields", "on_checkout", "on_checkin_fields", "on_checkin",
          "on_timeout", "on_discard", "on_unavailable", "on_recovered", "on_role_change",
-         "on_close")
+         "on_role_restored", "on_close")
 
 __all__ = ["CheckinEvent", "Checkout", "CheckoutEvent", "CloseEvent", "ConnectEvent",
            "DiscardEvent", "DiscardReason", "HOOKS", "PoolListener", "RecoveredEvent",
-           "RoleChangeEvent", "TimeoutEvent", "UnavailableEvent"]
+           "RoleChangeEvent", "RoleRestoredEvent", "TimeoutEvent", "UnavailableEvent"]

@@ -53,6 +53,7 @@ class Listeners:
         self._on_unavailable: Methods = ()
         self._on_recovered: Methods = ()
         self._on_role_change: Methods = ()
+        self._on_role_restored: Methods = ()
         self._on_close: Methods = ()
 
     def add_listener(self, listener: object) -> None:

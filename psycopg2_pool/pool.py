@@ -285,6 +285,7 @@ class ConnectionPool(Replacement):
         self.role = _roles.wanted_role(options)
         self._role_lost = _roles.LOST.get(self.role or "")  # tested on every return
         self._drains = 0  # drain() calls: a connection opened before the last is not used
+        self._moving: tuple[str, float] | None = None  # a role change not yet moved away from
         self._factory = pooled_class(factory)
         self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.

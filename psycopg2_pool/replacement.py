@@ -29,9 +29,10 @@ from time import monotonic
 from typing import Any
 
 from . import roles as _roles
-from .connection import CLOSING, OUT, Record, closed_reason
-from .events import DiscardReason, RoleChangeEvent
+from .connection import CLOSING, IDLE, OUT, Record, closed_reason
+from .events import DiscardReason, RoleChangeEvent, RoleRestoredEvent
 from .scheduler import SCHEDULER
+from .stats import ROLE_CHANGES
 from .upkeep import Upkeep
 
 logger = logging.getLogger("psycopg2_pool")
@@ -167,6 +168,8 @@ class Replacement(Upkeep):
                 return rec.doomed
             rec.doomed = reason
             conns, in_use = self._doom(lambda r: r.server == server, reason)
+            self._stats[ROLE_CHANGES] += 1
+            self._moving = (server, monotonic())
         reported = _roles.describe(conn)
         logger.warning("pool %r: server %s no longer has the role target_session_attrs=%s "
                        "asks for (it reports %s): replacing its connections (%d idle now, "
@@ -179,6 +182,35 @@ class Replacement(Upkeep):
                        RoleChangeEvent(self._as_pool(), server, self.role or "", reported,
                                        len(conns), in_use + 1))
         return reason
+
+    def _role_restored(self, conn: Connection, rec: Record) -> None:
+        """A new connection after a role change: if its server has the role, the pool has
+        moved (one event, one line in the log); else (libpq found none better) wait on."""
+        if self._role_lost is not None and self._role_lost(conn):
+            return
+        with self._lock:
+            moving, self._moving = self._moving, None
+        if moving is None:  # another open got there first
+            return
+        lost, noticed = moving
+        after = monotonic() - noticed
+        logger.warning("pool %r: moved from %s to %s %.3g s after its role change "
+                       "(target_session_attrs=%s)", self.name, lost, rec.server, after,
+                       self.role)
+        if self._on_role_restored:
+            self._emit(self._on_role_restored,
+                       RoleRestoredEvent(self._as_pool(), lost, rec.server, self.role or "",
+                                         after))
+
+    def servers(self) -> dict[str, int]:
+        """Connections open per server, ``{"host:port": n}`` (idle and in use): which of a
+        multi-host DSN's servers the pool is on."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for rec in self._records.values():
+                if rec.state is OUT or rec.state is IDLE:
+                    counts[rec.server] = counts.get(rec.server, 0) + 1
+        return counts
 
     def _mark_if_drained(self, rec: Record) -> None:
         """A kept or new connection opened before the last :meth:`drain` is doomed (lock

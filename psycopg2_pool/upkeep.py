@@ -211,6 +211,7 @@ class Upkeep(Listeners):
     _connect_args: dict[str, Any]
     _arguments: ConnectArguments
     _drains: int
+    _moving: tuple[str, float] | None  #: (server, when) of the last role change, until moved
     _configure: Callable[[Connection], object] | None
 
     def _init_upkeep(self) -> None:
@@ -494,10 +495,16 @@ class Upkeep(Listeners):
                 if self._on_recovered:
                     self._emit(self._on_recovered,
                                RecoveredEvent(self._as_pool(), outage, attempts, error))
+            if self._moving is not None:  # after a role change: is this the way out?
+                self._role_restored(conn, rec)
         except BaseException:
             self._drop_new(conn, rec, counted=counted)
             raise
         return conn
+
+    def _role_restored(self, conn: Connection, rec: Record) -> None:
+        """A new connection after a role change (replacement.py)."""
+        raise NotImplementedError  # pragma: no cover - the pool's (replacement.py)
 
     def _drop_new(self, conn: Connection, rec: Record, *, counted: bool) -> None:
         """A NEW connection nobody will get (its open was interrupted): closed, and counted

@@ -33,6 +33,8 @@ from psycopg2_pool.events import (
     DiscardEvent,
     PoolListener,
     RecoveredEvent,
+    RoleChangeEvent,
+    RoleRestoredEvent,
     TimeoutEvent,
     UnavailableEvent,
 )
@@ -217,6 +219,15 @@ class PoolLogs(PoolListener):
     def on_discard(self, event: DiscardEvent) -> None:
         self.log("debug", names.LOG_CONNECTION_DISCARDED, reason=event.reason,
                   backend_pid=event.backend_pid, age_s=round(event.age, 3))
+
+    def on_role_change(self, event: RoleChangeEvent) -> None:
+        self.log("warning", names.LOG_SERVER_ROLE_CHANGED, server=event.server,
+                  role=event.role, reported=event.reported, idle_closed=event.idle_closed,
+                  in_use=event.in_use)
+
+    def on_role_restored(self, event: RoleRestoredEvent) -> None:
+        self.log("warning", names.LOG_POOL_MOVED, lost=event.lost, server=event.server,
+                  role=event.role, after_s=round(event.after, 3))
 
     def on_close(self, event: CloseEvent) -> None:
         if event.in_use:

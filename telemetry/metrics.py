@@ -98,6 +98,7 @@ class PoolMetrics(PoolListener):
             return {}
         stats = pool.get_stats()
         stats["leaks"] = self.leak_count() if self.leak_count is not None else 0
+        stats["servers"] = pool.servers()
         return stats
 
 
@@ -139,10 +140,12 @@ class _SharedInstruments:
         observable(names.ERRORS, self._gauge(keys.CONNECTIONS_ERRORS))
         observable(names.ATTEMPTS, self._gauge(keys.CONNECTIONS_NUM, keys.CONNECTIONS_ERRORS))
         observable(names.OUTAGES, self._gauge(keys.OUTAGES))
+        observable(names.ROLE_CHANGES, self._gauge(keys.ROLE_CHANGES))
         observable(names.UNAVAILABLE_TIME, self._gauge(keys.UNAVAILABLE_S))
         observable(names.REFUSED, self._gauge(keys.REQUESTS_REFUSED))
         observable(names.LEAKS, self._gauge("leaks"))
         observable(names.DISCARDS, self._observe_discards)
+        observable(names.SERVER_CONNECTIONS, self._observe_servers)
 
     def add(self, metrics: PoolMetrics) -> None:
         with self._lock:
@@ -197,6 +200,18 @@ class _SharedInstruments:
             for reason in DiscardReason.ALL if stats else ():
                 out.append(Observation(stats.get(keys.discarded(reason), 0),
                                        {**metrics.attributes, names.REASON: reason}))
+        return out
+
+
+    def _observe_servers(self, options: CallbackOptions) -> Iterable[Observation]:
+        out = []
+        for metrics in self.pools:
+            for server, count in self._stats(metrics).get("servers", {}).items():
+                address, _, port = server.rpartition(":")
+                attributes = {**metrics.attributes, names.SERVER_ADDRESS: address}
+                if port.isdigit():
+                    attributes[names.SERVER_PORT] = int(port)
+                out.append(Observation(count, attributes))
         return out
 
 

@@ -41,6 +41,8 @@ DISCARDS = "psycopg2_pool.connection.discards"
 ERRORS = "psycopg2_pool.connection.errors"
 ATTEMPTS = "psycopg2_pool.connection.attempts"
 OUTAGES = "psycopg2_pool.outages"
+ROLE_CHANGES = "psycopg2_pool.role_changes"
+SERVER_CONNECTIONS = "psycopg2_pool.server.connections"
 UNAVAILABLE_TIME = "psycopg2_pool.unavailable_time"
 REFUSED = "psycopg2_pool.refused_requests"
 
@@ -55,6 +57,8 @@ POOL_NAME = DB_CLIENT_CONNECTION_POOL_NAME  # "db.client.connection.pool.name"
 STATE = DB_CLIENT_CONNECTION_STATE  # "db.client.connection.state": "idle" | "used"
 REASON = "psycopg2_pool.discard.reason"  # why a connection was discarded
 ERROR_TYPE = "error.type"  # semantic conventions: the exception's class name
+SERVER_ADDRESS = "server.address"  # semantic conventions: the server libpq connected to
+SERVER_PORT = "server.port"  # (a unix socket's directory, and the port in its name)
 
 #: Bucket boundaries (seconds) for pool latencies: 100 µs to 10 s. The SDK's defaults suit
 #: milliseconds (0, 5, 10, ... 10000) and would put every checkout in the first bucket.
@@ -109,6 +113,14 @@ METRICS = (
            (POOL_NAME,), "Attempts to open a connection, successful or not."),
     Metric(OUTAGES, "ObservableCounter", "{outage}",
            (POOL_NAME,), "Times opening connections started to fail (an outage began)."),
+    Metric(ROLE_CHANGES, "ObservableCounter", "{event}",
+           (POOL_NAME,), "Times a server lost the role the pool asks for "
+           "(target_session_attrs: a primary fenced or demoted, a standby promoted) and its "
+           "connections were replaced: a failover seen by the pool."),
+    Metric(SERVER_CONNECTIONS, "ObservableUpDownCounter", "{connection}",
+           (POOL_NAME, SERVER_ADDRESS, SERVER_PORT), "Connections open (idle and in use) per "
+           "server a multi-host DSN let libpq choose: where the pool is after a failover, how "
+           "a read pool spreads over replicas."),
     Metric(UNAVAILABLE_TIME, "ObservableGauge", "s",
            (POOL_NAME,), "How long the pool has been unable to open a connection (0 when it "
            "can)."),
@@ -127,7 +139,7 @@ SPAN_WAITED = "psycopg2_pool.waited"  # whether the call waited at all
 SPAN_OPENED = "psycopg2_pool.opened"  # acquired only: whether it opened the connection
 SPAN_OUTCOME = "psycopg2_pool.outcome"  # "acquired" | "timeout" | "refused"
 SPAN_ATTRIBUTES = (POOL_NAME, SPAN_WAIT_TIME, SPAN_WAITED, SPAN_OPENED, SPAN_OUTCOME,
-                   ERROR_TYPE)
+                   ERROR_TYPE, SERVER_ADDRESS, SERVER_PORT)
 
 
 #: The log events (structlog's ``event``), described in LOG_EVENTS below.
@@ -138,6 +150,8 @@ LOG_POOL_UNAVAILABLE = "pool_unavailable"
 LOG_POOL_RECOVERED = "pool_recovered"
 LOG_SERVER_UNAVAILABLE = "server_unavailable"
 LOG_CONNECTION_DISCARDED = "connection_discarded"
+LOG_SERVER_ROLE_CHANGED = "server_role_changed"
+LOG_POOL_MOVED = "pool_moved"
 LOG_POOL_CLOSED = "pool_closed"
 LOG_POOL_CLOSED_WITH_CONNECTIONS_OUT = "pool_closed_with_connections_out"
 LOG_CONNECTION_LEAK_SUSPECTED = "connection_leak_suspected"
@@ -172,6 +186,13 @@ LOG_EVENTS = (
              "getconn gave up because no connection could be opened: the server is down or not "
              "answering (at most one per 5 s per pool, with a count of the others)."),
     LogEvent(LOG_CONNECTION_DISCARDED, "debug", "The pool closed a connection, and why."),
+    LogEvent(LOG_SERVER_ROLE_CHANGED, "warning",
+             "A server lost the role the pool asks for (target_session_attrs): which server, "
+             "what it reports, how many of its connections are being replaced (once per "
+             "server and failover)."),
+    LogEvent(LOG_POOL_MOVED, "warning",
+             "After server_role_changed: the first new connection to a server with the role; "
+             "from which server to which, and how long after the change."),
     LogEvent(LOG_POOL_CLOSED, "info", "The pool was closed with every connection returned."),
     LogEvent(LOG_POOL_CLOSED_WITH_CONNECTIONS_OUT, "warning",
              "The pool was closed while connections were still checked out."),

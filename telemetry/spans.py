@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from psycopg2_pool.errors import ServerUnavailable, TooManyRequests
 from psycopg2_pool.events import CheckoutEvent, PoolListener, TimeoutEvent
+from psycopg2_pool.roles import server_of
 
 from . import names
 
@@ -38,10 +39,16 @@ class PoolSpans(PoolListener):
     def checkout(self, event: CheckoutEvent) -> None:
         """The span of a checkout, inside a recording span (the recorder decided it is due)."""
         end = time.time_ns()
+        attributes = {**self._attributes(event.wait_time, event.waited, "acquired"),
+                      names.SPAN_OPENED: event.opened}
+        address, _, port = server_of(event.connection).rpartition(":")
+        if address != "unknown":  # the server libpq chose among the DSN's hosts
+            attributes[names.SERVER_ADDRESS] = address
+            if port.isdigit():
+                attributes[names.SERVER_PORT] = int(port)
         span = self.tracer.start_span(
             names.SPAN_GETCONN, kind=SpanKind.INTERNAL, start_time=end - int(event.wait_time * 1e9),
-            attributes={**self._attributes(event.wait_time, event.waited, "acquired"),
-                        names.SPAN_OPENED: event.opened})
+            attributes=attributes)
         span.end(end_time=end)
 
     def on_timeout(self, event: TimeoutEvent) -> None:

@@ -22,10 +22,12 @@ from typing import Any
 
 import psycopg2
 import pytest
+from structlog.testing import capture_logs
 
 from psycopg2_pool import ConnectionPool, DiscardReason, PoolListener
 from psycopg2_pool.events import RoleChangeEvent
 from psycopg2_pool.roles import wanted_role
+from telemetry import instrument
 from tests.support.cluster import (
     Node,
     Writers,
@@ -37,6 +39,7 @@ from tests.support.cluster import (
     wait_for,
 )
 from tests.support.faults import OwnServer
+from tests.support.otel import Otel, point
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_wanted_role_follows_target_session_attrs() -> None:
 
 
 def test_a_fenced_primary_is_left_within_the_writes_in_flight(
-        pair: tuple[OwnServer, OwnServer]) -> None:
+        pair: tuple[OwnServer, OwnServer], otel: Otel) -> None:
     """The issue's scenario: today every write fails until max_lifetime (20,226 in 6 s)."""
     a_server, b_server = pair
     a, b = node_of(a_server), node_of(b_server)
@@ -79,9 +82,13 @@ def test_a_fenced_primary_is_left_within_the_writes_in_flight(
     pool = ConnectionPool(8, 8, dsn=multi_host_dsn([a, b], target_session_attrs="read-write"),
                           timeout=5, name="fenced")
     pool.add_listener(roles)
+    instrument(pool, meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider,
+               leak_threshold=None)
+    a_name, b_name = f"{a.socket_dir}:{a.port}", f"{b.socket_dir}:{b.port}"
+    assert pool.servers() == {a_name: 8}
     writers = Writers(pool, table, threads=8, timeout=5)
     try:
-        with running(writers):
+        with capture_logs() as logs, running(writers):
             time.sleep(0.5)
             assert writers.first_ok(0, who="A") is not None
             set_read_only(b_server, False)  # the new primary first, as a switchover does
@@ -105,6 +112,22 @@ def test_a_fenced_primary_is_left_within_the_writes_in_flight(
         assert "default_transaction_read_only=on" in event.reported
         stats = pool.get_stats()
         assert stats["discarded_role_changed"] == 8, stats
+        assert stats["role_changes"] == 1
+        assert pool.servers() == {b_name: 8}
+        # Telemetry: the change, then the move, one log event each; the counter; the
+        # connections by server, as the dashboard's panel shows them.
+        changed = [e for e in logs if e["event"] == "server_role_changed"]
+        moved = [e for e in logs if e["event"] == "pool_moved"]
+        assert len(changed) == 1 and changed[0]["server"] == a_name
+        assert changed[0]["idle_closed"] + changed[0]["in_use"] == 8
+        assert len(moved) == 1 and (moved[0]["lost"], moved[0]["server"]) == (a_name, b_name)
+        assert moved[0]["after_s"] < 1.0
+        metrics = otel.metrics()
+        assert point(metrics["psycopg2_pool.role_changes"]).value == 1
+        by_server = metrics["psycopg2_pool.server.connections"]
+        assert point(by_server, {"server.address": b.socket_dir}).value == 8
+        assert point(by_server, {"server.address": b.socket_dir}).attributes["server.port"] == \
+            int(b.port)
     finally:
         pool.close()
         set_read_only(a_server, False)
@@ -136,7 +159,7 @@ def test_one_server_turning_read_only_loses_every_connection_once(
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "target_session_attrs=read-write" in warnings[0].getMessage()
         # No writable server is left: libpq refuses A, so the pool reports an outage.
-        with pytest.raises(Exception, match="read-write|session is read-only|not available"):
+        with pytest.raises(Exception, match=r"read-write|session is read-only|not available"):
             pool.getconn(timeout=0.5)
         set_read_only(a_server, False)
         conn = pool.getconn(timeout=5)  # A is writable again: the pool recovers by itself

@@ -107,34 +107,40 @@ def node_of(own: OwnServer) -> Node:
 
 
 class Replicated:
-    """A primary (an :class:`OwnServer`) and a streaming standby made with ``pg_basebackup -R``
-    from the same binaries; both on unix sockets of their own."""
+    """A primary (an :class:`OwnServer`) and ``standbys`` streaming standbys made with
+    ``pg_basebackup -R`` from the same binaries; each on a unix socket of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, standbys: int = 1) -> None:
         self.primary_server = OwnServer()
         own = self.primary_server
-        system_user = own.server.system_user
         self.primary = node_of(own)
         self.root = Path(tempfile.mkdtemp(prefix="psycopg2-pool-standby-"))
-        standby_dir = self.root / "pgdata"
-        standby_socket = self.root / "run"
-        standby_socket.mkdir()
+        self.standbys = [self._standby(i) for i in range(standbys)]
+        self.standby = self.standbys[0]
+
+    def _standby(self, i: int) -> Node:
+        own = self.primary_server
+        system_user = own.server.system_user
+        base = self.root / f"standby{i}"
+        standby_dir, standby_socket = base / "pgdata", base / "run"
+        standby_socket.mkdir(parents=True)
         if system_user:
-            shutil.chown(self.root, user=system_user)
-            shutil.chown(standby_socket, user=system_user)
+            for path in (self.root, base, standby_socket):
+                shutil.chown(path, user=system_user)
         bin_dir = Path(own._pgserver.__file__).parent / "pginstall" / "bin"
         command = [str(bin_dir / "pg_basebackup"), "-D", str(standby_dir), "-R",
                    "-X", "stream", "-c", "fast", "-h", self.primary.socket_dir,
                    "-p", self.primary.port, "-U", own.user]
         _run(command, system_user)
-        self.standby = Node(standby_dir, str(standby_socket), "5433", own.user, own.dbname,
-                            system_user)
-        with open(standby_dir / "postgresql.auto.conf", "a") as conf:  # noqa: PTH123
+        standby = Node(standby_dir, str(standby_socket), str(5433 + i), own.user, own.dbname,
+                       system_user)
+        with open(standby_dir / "postgresql.auto.conf", "a") as conf:
             conf.write("hot_standby = on\n")
-        self.standby.start()
+        standby.start()
+        return standby
 
     def close(self) -> None:
-        for node in (self.standby, self.primary):
+        for node in (*self.standbys, self.primary):
             with contextlib.suppress(Exception):
                 node.stop("immediate")
         self.primary_server.close()
@@ -143,7 +149,7 @@ class Replicated:
     def rejoin_as_standby(self, old: Node, new: Node) -> None:
         """The old primary, stopped cleanly before the promotion, follows the new one."""
         (old.pgdata / "standby.signal").touch()
-        with open(old.pgdata / "postgresql.auto.conf", "a") as conf:  # noqa: PTH123
+        with open(old.pgdata / "postgresql.auto.conf", "a") as conf:
             conf.write(f"primary_conninfo = 'host={new.socket_dir} port={new.port} "
                        f"user={new.user}'\n")
         old.start()
@@ -167,12 +173,15 @@ class Write:
 @dataclass
 class Writers:
     """``threads`` threads each writing (INSERT ... RETURNING who; commit) through ``pool``
-    until stopped; every outcome recorded with its time."""
+    until stopped; every outcome recorded with its time. ``getconn(timeout)`` and
+    ``putconn(conn)`` default to the pool's own (a peer's adapter may be given instead)."""
 
     pool: Any
     table: str
     threads: int = 8
     timeout: float = 10.0
+    getconn: Callable[[float], Any] | None = None
+    putconn: Callable[[Any], None] | None = None
     writes: list[Write] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -194,26 +203,35 @@ class Writers:
             self.writes.append(write)
 
     def _run(self, i: int) -> None:
+        pool = self.pool
+        getconn = self.getconn or (lambda timeout: pool.getconn(timeout=timeout))
+        putconn = self.putconn or pool.putconn
         n = 0
         while not self._stop.is_set():
             n += 1
             try:
-                conn = self.pool.getconn(timeout=self.timeout)
+                conn = getconn(self.timeout)
             except Exception as exc:  # noqa: BLE001 - measured
                 self._record(Write(time.monotonic(), False, None, True, repr(exc)))
                 continue
             try:
-                with conn.cursor() as cur:
-                    cur.execute(f"INSERT INTO {self.table} (v) VALUES (%s) RETURNING who",
-                                (f"{i}-{n}",))
-                    who = cur.fetchone()[0]
+                cur = conn.cursor()
+                cur.execute(f"INSERT INTO {self.table} (v) VALUES (%s) RETURNING who",
+                            (f"{i}-{n}",))
+                who = cur.fetchone()[0]
+                cur.close()
                 conn.commit()
                 self._record(Write(time.monotonic(), True, who))
-            except psycopg2.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - psycopg2's or a peer's driver's
+                code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
                 self._record(Write(time.monotonic(), False, None, False,
-                                   f"{type(exc).__name__} {exc.pgcode}"))
+                                   f"{type(exc).__name__} {code}"))
             finally:
-                self.pool.putconn(conn)
+                try:
+                    putconn(conn)
+                except Exception as exc:  # noqa: BLE001 - a peer may refuse a broken one
+                    self._record(Write(time.monotonic(), False, None, False,
+                                       f"putconn: {type(exc).__name__}"))
             time.sleep(0.002)
 
     def failed(self, after: float = 0.0) -> list[Write]:
@@ -225,10 +243,13 @@ class Writers:
         return min(times, default=None)
 
 
-def make_table(conn: Any, table: str, who: str) -> None:
+def make_table(conn: Any, table: str, who: str | None = None) -> None:
+    """A table whose ``who`` column says which server took a row: ``who``, or the server's
+    port (what tells the nodes of a replicated cluster apart)."""
+    default = "current_setting('port')" if who is None else "%s"
     with conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (v text, who text DEFAULT %s)",
-                    (who,))
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (v text, who text DEFAULT {default})",
+                    () if who is None else (who,))
 
 
 @contextlib.contextmanager
