@@ -12,7 +12,11 @@
   stopped (``-m fast``) and the standby promoted (``pg_ctl promote``): getconn failures, failed
   writes, and the first write after the promotion.
 
-    python3 benchmarks/failover.py            # ~2 minutes; --only fenced|switchover
+- cost: the bare checkout-and-return cycle of this pool with a role (``target_session_attrs=
+  read-write``: a return reads the server's report) and without, against ``psycopg2.pool``,
+  1 and 8 threads, interleaved rounds on the embedded server.
+
+    python3 benchmarks/failover.py            # ~2 minutes; --only fenced|switchover|cost
 
 Servers are the tests' own (tests/support/cluster.py: pgserver's binaries in temporary
 directories). Results go to docs/reliability.md ("Failover").
@@ -107,12 +111,13 @@ def writers_for(peer: Peer, pool: Any, table: str) -> Writers:
 def fenced(peer: Peer, a_server: OwnServer, b_server: OwnServer) -> Result:
     a, b = node_of(a_server), node_of(b_server)
     set_read_only(a_server, False)
-    set_read_only(b_server, True)
+    set_read_only(b_server, False)
     table = f"f_{uuid.uuid4().hex[:10]}"
     for node, who in ((a, "A"), (b, "B")):
         conn = node.admin()
         make_table(conn, table, who)
         conn.close()
+    set_read_only(b_server, True)  # B: a replica's stand-in; libpq picks A
     pool = peer.make(multi_host_dsn([a, b], target_session_attrs="read-write"))
     writers = writers_for(peer, pool, table)
     try:
@@ -191,9 +196,58 @@ def table(title: str, results: list[Result], ok_label: str) -> str:
     return "\n".join(lines)
 
 
+def cost(rounds: int = 15, cycles: int = 40_000) -> str:
+    import random
+    import statistics
+    import threading
+
+    import psycopg2.extensions
+    import psycopg2.pool
+    from common import server
+
+    from psycopg2_pool import ConnectionPool
+
+    def run(getconn: Callable[[], Any], putconn: Callable[[Any], None], threads: int) -> float:
+        def loop() -> None:
+            for _ in range(cycles // threads):
+                putconn(getconn())
+
+        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        started = time.perf_counter()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        return (time.perf_counter() - started) / cycles * 1e6
+
+    lines = ["### Cost of the role check: bare cycle, µs (median of interleaved rounds)", "",
+             "| threads | this pool | this pool, read-write role | psycopg2.pool | "
+             "ratios to psycopg2.pool |", "|---|---|---|---|---|"]
+    with server(None) as dsn:
+        rw = psycopg2.extensions.make_dsn(dsn, target_session_attrs="read-write")
+        for threads in (1, 8):
+            pools = {"bare": ConnectionPool(threads, threads, dsn=dsn),
+                     "role": ConnectionPool(threads, threads, dsn=rw),
+                     "psycopg2": psycopg2.pool.ThreadedConnectionPool(threads, threads, dsn)}
+            times: dict[str, list[float]] = {k: [] for k in pools}
+            for _ in range(rounds):
+                order = list(pools.items())
+                random.shuffle(order)
+                for key, pool in order:
+                    times[key].append(run(pool.getconn, pool.putconn, threads))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            base = med["psycopg2"]
+            lines.append(f"| {threads} | {med['bare']:.2f} | {med['role']:.2f} | {base:.2f} | "
+                         f"{med['bare'] / base:.2f}x, {med['role'] / base:.2f}x |")
+            pools["bare"].close()
+            pools["role"].close()
+            pools["psycopg2"].closeall()
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["fenced", "switchover"])
+    parser.add_argument("--only", choices=["fenced", "switchover", "cost"])
     args = parser.parse_args()
     print(f"{platform.platform()}, Python {platform.python_version()}, {THREADS} threads "
           f"writing; {time.strftime('%Y-%m-%d %H:%M')}\n")
@@ -211,6 +265,9 @@ def main() -> None:
         results = [switchover(peer) for peer in peers()]
         print(table("Switchover: primary stopped, standby promoted (3 s after)", results,
                     "writes on the promoted standby"))
+        print()
+    if args.only in (None, "cost"):
+        print(cost())
 
 
 if __name__ == "__main__":

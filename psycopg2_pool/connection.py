@@ -78,6 +78,7 @@ class Record:
         "ref",
         "returned_at",
         "returning",
+        "role_due",
         "server",
         "since",
         "state",
@@ -118,6 +119,8 @@ class Record:
         # Set under the lock with ``expires = -inf`` when the connection must go at its next
         # return or checkout: the DiscardReason it goes with (drained, role changed).
         self.doomed: str | None = None
+        # When a plain return next reads the server's role (replacement.ROLE_SAMPLE).
+        self.role_due = 0.0
 
     def is_out(self) -> bool:
         """True while the connection is checked out (and not being returned)."""

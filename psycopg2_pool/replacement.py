@@ -41,6 +41,15 @@ _IDLE_STATUS = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE
 Connection = Any
 
 
+#: Seconds between two looks at the server's role on the plain returns of one connection.
+#: A return that rolls back (a statement failed in a transaction: where a write refused by a
+#: read-only server lands) always looks; one that does not (autocommit, reads) looks at most
+#: this often, so that a pool with a role pays the ~165 ns read once per 50 ms per connection,
+#: not on every return, and an autocommit write refused by a fenced primary repeats for at
+#: most that long per connection.
+ROLE_SAMPLE = 0.05
+
+
 class CloseReplaced:
     """Close idle connections taken out of use by a role change, in the background (the
     thread that noticed the change is the application's, returning a connection)."""
@@ -66,6 +75,8 @@ class Replacement(Upkeep):
 
     _drains: int
     _role_lost: Callable[[Connection], bool] | None
+    _role_param: str | None
+    _role_sign: str | None
     role: str | None
     idle_connections: Any
 
@@ -183,6 +194,12 @@ class Replacement(Upkeep):
                                        len(conns), in_use + 1))
         return reason
 
+    def _role_sampled(self, conn: Connection, rec: Record, now: float) -> bool:
+        """A plain return's look at the server's role, due every :data:`ROLE_SAMPLE` seconds
+        per connection (the returning thread's record): whether it must take the slow path."""
+        rec.role_due = now + ROLE_SAMPLE
+        return bool(conn.get_parameter_status(self._role_param) == self._role_sign)
+
     def _role_restored(self, conn: Connection, rec: Record) -> None:
         """A new connection after a role change: if its server has the role, the pool has
         moved (one event, one line in the log); else (libpq found none better) wait on."""
@@ -222,4 +239,4 @@ class Replacement(Upkeep):
 #: The tasks of this module, for a reader and for ``SCHEDULER.pending()``.
 TASKS = (CloseReplaced,)
 
-__all__ = ["CloseReplaced", "Replacement", "TASKS"]
+__all__ = ["ROLE_SAMPLE", "CloseReplaced", "Replacement", "TASKS"]

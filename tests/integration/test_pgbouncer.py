@@ -262,3 +262,30 @@ def test_close_disconnects_every_client(bouncer: Bouncer, app_name: str) -> None
     assert clients(bouncer, app_name) == 4
     pool.close()
     assert wait_until(lambda: clients(bouncer, app_name) == 0)
+
+
+def test_a_fenced_server_behind_pgbouncer_is_noticed(server: Any) -> None:
+    """PgBouncer (transaction mode) passes the server's report of
+    ``default_transaction_read_only`` on to its clients: a read-write pool behind it notices a
+    fenced server and replaces its connections (PgBouncer, not libpq, then chooses where the
+    new ones go). On a server of this module's own, fenced for real."""
+    from tests.support.cluster import set_read_only
+
+    own = Bouncer(require_binary("pgbouncer"), server.uri)
+    pool = ConnectionPool(2, 2, dsn=own.dsn(target_session_attrs="read-write"), timeout=5,
+                          name="behind-pgbouncer")
+    try:
+        assert pool.role == "read-write"
+        conn = pool.getconn()
+        set_read_only(server, True)
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            cur.execute("CREATE TEMP TABLE fenced (i int)")
+        assert conn.get_parameter_status("default_transaction_read_only") == "on"
+        pool.putconn(conn)
+        stats = pool.get_stats()
+        assert stats["role_changes"] == 1
+        assert stats["discarded_role_changed"] >= 1
+    finally:
+        pool.close()
+        set_read_only(server, False)
+        own.close()

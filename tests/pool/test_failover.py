@@ -241,3 +241,39 @@ def test_node_dsn_is_usable(pair: tuple[OwnServer, OwnServer]) -> None:
 def test_discard_reasons_are_listed() -> None:
     assert DiscardReason.ROLE_CHANGED in DiscardReason.ALL
     assert DiscardReason.DRAINED in DiscardReason.ALL
+
+
+def test_autocommit_returns_look_at_the_role_every_role_sample(
+        pair: tuple[OwnServer, OwnServer]) -> None:
+    """A refused autocommit write leaves no transaction to roll back, so its return is plain:
+    plain returns read the server's role at most every ROLE_SAMPLE seconds per connection
+    (the read costs ~165 ns), and the refused writes repeat for at most that long."""
+    from psycopg2_pool.replacement import ROLE_SAMPLE
+
+    a_server, _ = pair
+    a = node_of(a_server)
+
+    def autocommit(conn: Any) -> None:
+        conn.autocommit = True
+
+    pool = ConnectionPool(1, 1, dsn=f"{a.dsn} target_session_attrs=read-write", timeout=2,
+                          configure=autocommit)
+    try:
+        conn = pool.getconn()
+        pool.putconn(conn)  # looked at now: the next look is due in ROLE_SAMPLE
+        set_read_only(a_server, True)
+        conn = pool.getconn()
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            cur.execute("CREATE TEMP TABLE x (i int)")
+        pool.putconn(conn)
+        if pool.get_stats()["discarded_role_changed"] == 0:  # within the sample: kept
+            time.sleep(ROLE_SAMPLE * 1.5)
+            conn = pool.getconn()
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            pool.putconn(conn)
+        assert pool.get_stats()["discarded_role_changed"] == 1
+        assert pool.get_stats()["role_changes"] == 1
+    finally:
+        pool.close()
+        set_read_only(a_server, False)
