@@ -226,7 +226,7 @@ def cost(rounds: int = 15, cycles: int = 40_000) -> str:
     with server(None) as dsn:
         rw = psycopg2.extensions.make_dsn(dsn, target_session_attrs="read-write")
         for threads in (1, 8):
-            pools = {"bare": ConnectionPool(threads, threads, dsn=dsn),
+            pools: dict[str, Any] = {"bare": ConnectionPool(threads, threads, dsn=dsn),
                      "role": ConnectionPool(threads, threads, dsn=rw),
                      "psycopg2": psycopg2.pool.ThreadedConnectionPool(threads, threads, dsn)}
             times: dict[str, list[float]] = {k: [] for k in pools}

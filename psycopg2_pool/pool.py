@@ -65,6 +65,15 @@ as for any connection dropped without ``putconn``. The pool holds a checked-out 
 weakly for that reason. tests/pool/test_interruptions.py raises at every such point of
 ``getconn``, ``putconn`` and ``close()``, and checks these rules after each.
 
+**Reservations.** A slot reserved for a background open is counted as deferred in the
+statement that reserves it, and only then started (``Upkeep._ensure_opening``): each task is
+scheduled before its slot moves from deferred to queued, and a task whose slot still reads
+deferred takes it when it runs. So a raise at any call leaves every reserved slot accounted
+for (deferred, parked or queued with its task), and the next ``_ensure_opening``, on any
+thread, starts what was left deferred. The scheduler wakes a sleeping worker before it
+unlists it, and a sleeping worker looks at its heap at least every 0.5 s
+(``scheduler.WAKE_CHECK``): a wake-up a raise cut short makes a task late, never lost.
+
 **Invariant.** Under the lock: ``_size`` = idle + checked out (OUT, including returning
 and handed over) + ``_opening`` + ``_closing``; idle connections and waiters never coexist
 (a connection that becomes idle goes to the first waiter; a caller queues only when none

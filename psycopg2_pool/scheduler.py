@@ -27,6 +27,9 @@ logger = logging.getLogger("psycopg2_pool")
 
 #: Seconds a spare worker waits for work before it leaves.
 IDLE_EXIT = 10.0
+#: Longest a sleeping worker goes without looking at the heap: a wake-up that a raise cut
+#: short (a signal's exception at the call that wakes it) delays a task by at most this.
+WAKE_CHECK = 0.5
 #: A worker's name between tasks; while it runs one, ``psycopg2_pool-upkeep: <task> [<pool>]``.
 _IDLE_NAME = "psycopg2_pool-upkeep"
 
@@ -83,7 +86,10 @@ class Scheduler:
         with self._lock:
             heapq.heappush(self._heap, (when, next(self._seq), task))
             if self._sleepers:
-                self._sleepers.pop().set()
+                # Woken, then unlisted: a raise between leaves it listed and woken (it
+                # unlists itself), never unlisted and asleep with the task waiting.
+                self._sleepers[-1].set()
+                self._sleepers.pop()
             elif self._workers < self.max_workers:
                 self._workers += 1
                 threading.Thread(target=self._work, name=_IDLE_NAME,
@@ -130,7 +136,7 @@ class Scheduler:
                 elif now - idle_since >= IDLE_EXIT and (sleepers or not heap):
                     return  # a spare: another idle worker keeps the heap
                 else:
-                    wait = IDLE_EXIT if not heap else min(heap[0][0] - now, IDLE_EXIT)
+                    wait = min(WAKE_CHECK, heap[0][0] - now) if heap else WAKE_CHECK
                     wake.clear()
                     sleepers.append(wake)
             if task is not None:
@@ -163,4 +169,4 @@ class Scheduler:
 #: The process's scheduler.
 SCHEDULER = Scheduler()
 
-__all__ = ["IDLE_EXIT", "SCHEDULER", "Scheduler", "Task"]
+__all__ = ["IDLE_EXIT", "SCHEDULER", "WAKE_CHECK", "Scheduler", "Task"]

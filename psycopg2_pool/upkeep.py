@@ -266,29 +266,19 @@ class Upkeep(Listeners):
         return self._opening - needed
 
     def _ensure_opening(self) -> None:
-        """Reserve and start the opens that waiters and ``minconn`` need (lock held)."""
+        """Reserve and start the opens that waiters and ``minconn`` need (lock held).
+
+        Reserved slots are counted as deferred in one statement, then started; a raise
+        anywhere (a signal's, at any call) leaves them reserved and accounted for (deferred,
+        parked or queued), never a count with nothing behind it, and the next call of this
+        method, on any thread, starts what was left deferred."""
         if self._closed or self._starting:
             return
-        missing = min(-self._excess(), self.maxconn - self._size)
-        if missing <= 0:
-            return
-        for _ in range(int(missing)):
-            self._size += 1
-            self._opening += 1
-            if self._backoff.failing:
-                self._parked += 1
-            else:
-                self._queue_open()
-        self._schedule_retry()
-
-    def _queue_open(self) -> None:
-        """Start opening into a reserved slot on a scheduler worker, or defer it while the
-        pool's ``num_workers`` attempts are under way (lock held)."""
-        if self._queued + self._bg_connecting < self.num_workers:
-            self._queued += 1
-            self._start_open()
-        else:
-            self._deferred += 1
+        missing = int(min(-self._excess(), self.maxconn - self._size))
+        if missing > 0:
+            self._size, self._opening, self._deferred = (
+                self._size + missing, self._opening + missing, self._deferred + missing)
+        self._start_deferred()
 
     def _start_open(self) -> None:
         """Schedule an OpenConnection now, or once the backoff of failing health checks
@@ -304,15 +294,21 @@ class Upkeep(Listeners):
         self._start_deferred()
 
     def _start_deferred(self) -> None:
-        """Start deferred opens while the pool's ``num_workers`` allow (lock held)."""
-        while self._deferred and self._queued + self._bg_connecting < self.num_workers:
-            self._deferred -= 1
-            if self._backoff.failing:
-                self._parked += 1
-                self._schedule_retry()
-            else:
-                self._queued += 1
-                self._start_open()
+        """Start deferred opens while the pool's ``num_workers`` allow, or park them while
+        connects fail (lock held). Each task is scheduled *before* its slot moves from
+        deferred to queued: a raise between leaves a task whose slot still reads deferred,
+        which the task takes when it runs (:meth:`_open_reserved`), never a queued slot with
+        no task."""
+        failing = self._backoff.failing  # first: a raise here has changed nothing
+        while self._deferred:
+            if failing:
+                self._deferred, self._parked = self._deferred - 1, self._parked + 1
+                continue
+            if self._queued + self._bg_connecting >= self.num_workers:
+                break
+            self._start_open()
+            self._deferred, self._queued = self._deferred - 1, self._queued + 1
+        self._schedule_retry()
 
     def _reserve_inline(self) -> bool:
         """Reserve a slot for this ``timeout=0`` caller to open into (lock held): one whose
@@ -355,11 +351,13 @@ class Upkeep(Listeners):
             self._size -= 1
 
     def _schedule_retry(self) -> None:
-        """While connects fail: one reconnect attempt, when the backoff allows (lock held)."""
+        """While connects fail: one reconnect attempt, when the backoff allows (lock held).
+        Scheduled before it is marked: a raise between leaves an extra attempt, harmless (it
+        finds no parked slot, or takes one), never parked slots with none scheduled."""
         if self._parked and not self._retry_scheduled:
-            self._retry_scheduled = True
             SCHEDULER.call_at(self._backoff.next_attempt,
                               OpenConnection(self, reconnect=True))
+            self._retry_scheduled = True
 
     def _open_reserved(self, *, reconnect: bool) -> None:
         """The body of the OpenConnection task: open into a reserved slot, on a worker."""
@@ -374,8 +372,12 @@ class Upkeep(Listeners):
             elif self._taken:  # a timeout=0 caller opens into this slot itself
                 self._taken -= 1
                 return
-            else:
+            elif self._queued:
                 self._queued -= 1
+            elif self._deferred:  # scheduled, then a raise before its slot moved to queued
+                self._deferred -= 1
+            else:  # nothing reserved for it any more (trimmed, or taken inline)
+                return
             self._trim_opening()  # surplus slots not started go first: this one runs already
             if self._excess() > 0 or self._size > self.maxconn:  # not needed any more
                 self._opening, self._size = self._opening - 1, self._size - 1
@@ -485,9 +487,8 @@ class Upkeep(Listeners):
                 ended = self._backoff.succeeded(now)
                 if ended is not None:  # the outage is over: every parked slot opens now
                     self._retry_scheduled = False
-                    while self._parked:
-                        self._parked -= 1
-                        self._queue_open()
+                    self._deferred, self._parked = self._deferred + self._parked, 0
+                    self._start_deferred()
             if ended is not None:
                 outage, attempts, error = ended
                 logger.warning("pool %r: connected again after %.3g s (%d failed attempt(s))",

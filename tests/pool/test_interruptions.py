@@ -204,6 +204,27 @@ def act_putconn(run: Run, arm: Callable[[], Any], close: bool = False) -> None:
         run.pool.putconn(conn, close=close)
 
 
+def prepare_one_out_read_only(run: Run) -> None:
+    """One out, whose session reports ``default_transaction_read_only=on``: to the pool, its
+    server lost the ``read-write`` role (the server itself stays writable for the others)."""
+    prepare_one_out(run)
+    conn = run.state["conn"]
+    with conn.cursor() as cur:
+        cur.execute("SET default_transaction_read_only = on")
+    conn.commit()
+    assert conn.get_parameter_status("default_transaction_read_only") == "on"
+
+
+def act_drain(run: Run, arm: Callable[[], Any]) -> None:
+    with arm():
+        run.pool.drain()
+
+
+def act_check(run: Run, arm: Callable[[], Any]) -> None:
+    with arm():
+        run.pool.check()
+
+
 def prepare_aged_idle(run: Run) -> None:
     run.pool.wait(5)
     time.sleep(0.03)  # past check_idle_after=0.02: the checkout runs the health check
@@ -289,6 +310,16 @@ INJECTED: list[Scenario] = [
     # (h) 29 steps: the return hands its connection to a waiting thread
     Scenario("h-putconn-hands-over", {"minconn": 1, "maxconn": 2, "timeout": 0.5},
              prepare_waiter, act_putconn, finish_held),
+    # (j) a return that notices its server lost the pool's role: every connection to it is
+    # swept (the idle one closed by a background task), this one discarded
+    Scenario("j-putconn-role-changed", {"minconn": 2, "maxconn": 3,
+                                        "target_session_attrs": "read-write"},
+             prepare_one_out_read_only, act_putconn, finish_held),
+    # (k) drain(): the idle one closed now, the held one doomed (closed on its return)
+    Scenario("k-drain", {"minconn": 2, "maxconn": 3}, prepare_one_out, act_drain,
+             finish_held),
+    # (l) check(): each idle connection taken out, checked (a round trip), put back
+    Scenario("l-check", {"minconn": 2, "maxconn": 3}, prepare_nothing, act_check),
     # (i) close(): see test_interrupt_at_every_step_of_close and the preemptions below
 ]
 

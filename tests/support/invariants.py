@@ -223,11 +223,14 @@ def on_thread(call: Callable[[], Any], timeout: float, name: str = "scenario") -
 
 
 def settled(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
-    """``get_stats()`` once no connection is opening and nobody waits (or at ``timeout``)."""
+    """``get_stats()`` once no connection is opening, nobody waits and none is being closed
+    (opened - discarded == size: a background task, such as the close of a lost server's idle
+    connections, may still be closing one), or at ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         stats = pool.get_stats()
-        if (stats["pool_opening"] == 0 and stats["requests_waiting"] == 0) \
+        closing = stats["connections_num"] - stats["connections_discarded"] != stats["pool_size"]
+        if (stats["pool_opening"] == 0 and stats["requests_waiting"] == 0 and not closing) \
                 or time.monotonic() >= deadline:
             return stats
         time.sleep(0.002)
