@@ -101,7 +101,7 @@ def test_alert_rules_check_and_unit_tests() -> None:
     check = subprocess.run([promtool, "check", "rules", str(DASHBOARDS / "alerts.yml")],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "5 rules found" in check.stdout + check.stderr
+    assert "6 rules found" in check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DASHBOARDS,
                           capture_output=True, text=True, timeout=60)
     assert test.returncode == 0, test.stdout + test.stderr

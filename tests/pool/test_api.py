@@ -434,8 +434,11 @@ def test_get_stats_after_a_known_workload(make_pool: MakePool) -> None:
         "discarded_failed_reset": 0,
         "discarded_resized": 0,
         "discarded_interrupted": 0,
+        "discarded_role_changed": 0,
+        "discarded_drained": 0,
         "requests_refused": 0,
         "outages": 0,
+        "role_changes": 0,
         "unavailable_s": 0.0,
     }
     assert {k: stats[k] for k in expected} == expected

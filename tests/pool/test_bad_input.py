@@ -68,7 +68,7 @@ CLOSED = ("the connection pool {name!r} is closed; getconn() cannot be used afte
           "— create a new pool")
 NOT_A_LISTENER = ("a listener needs at least one of the methods on_connect, on_checkout_fields, "
                   "on_checkout, on_checkin_fields, on_checkin, on_timeout, on_discard, "
-                  "on_unavailable, on_recovered, on_close")
+                  "on_unavailable, on_recovered, on_role_change, on_role_restored, on_close")
 
 
 def exactly(message: str) -> str:
