@@ -129,6 +129,7 @@ def test_exhausted_waiter_under_a_role_limit_times_out(make_pool: MakePool,
         pool.putconn(conn)
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_waiter_handed_a_slot_whose_open_fails(make_pool: MakePool, admin: Any,
                                                limited_role: str) -> None:
     pool = make_pool(0, 1, user=limited_role, timeout=5)

@@ -544,6 +544,7 @@ def finish_after_close(run: Run) -> None:
     run.pool.close()
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_interrupt_at_every_step_of_close(ctx: Ctx, figure: Figure) -> None:
     """(i) close() interrupted at each step, with a connection out and one idle; then the
     connection comes back and close() is called again: nothing may be left open."""

@@ -154,6 +154,7 @@ def test_outage_shorter_than_timeout_costs_no_getconn_failure(running: OwnServer
 
 # -- 2. an outage longer than the timeout --------------------------------------------------------
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_outage_longer_than_timeout_fails_on_time_with_server_unavailable(
         running: OwnServer, figure: Figure) -> None:
     server = running
@@ -316,7 +317,8 @@ def test_a_hung_pool_runs_num_workers_attempts_and_starves_no_other_pool(
            f"another pool opened 4 connections in {healthy_s * 1000:.0f} ms meanwhile")
 
 
-@pytest.mark.parametrize("where", ["kwargs", "dsn", "PGCONNECT_TIMEOUT"])
+@pytest.mark.parametrize("where", [pytest.param("kwargs", marks=pytest.mark.slow), "dsn",
+                                   pytest.param("PGCONNECT_TIMEOUT", marks=pytest.mark.slow)])
 def test_hung_path_leaks_no_slot_nor_socket(proxy: Proxy, figure: Figure,
                                             monkeypatch: pytest.MonkeyPatch,
                                             where: str) -> None:
@@ -395,6 +397,7 @@ def test_returning_closed_connections_never_opens_on_the_callers_thread(
            f"connect; minconn=2 restored in the background {refilled:.2f} s later")
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_idle_connections_are_closed_without_any_call(server: OwnServer, app_name: str,
                                                       figure: Figure) -> None:
     pool = ConnectionPool(1, 4, idle_timeout=1, dsn=server.uri, application_name=app_name)
@@ -798,6 +801,7 @@ def test_cursor_on_a_returned_connection_is_refused(server: OwnServer) -> None:
 
 # -- 7. logs during an outage -------------------------------------------------------------------
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_an_outage_writes_few_log_events(running: OwnServer, figure: Figure,
                                          caplog: pytest.LogCaptureFixture) -> None:
     """Written last: the telemetry's rate limiting is being implemented as this is written."""

@@ -71,7 +71,8 @@ def restart_under_load(server: OwnServer, pool: ConnectionPool
     return result[0], began, back
 
 
-@pytest.mark.parametrize("health_check", [True, False], ids=["check-on", "check-off"])
+@pytest.mark.parametrize("health_check", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["check-on", "check-off"])
 def test_restart_under_load(server: OwnServer, otel: Otel, figure: Figure,
                             health_check: bool) -> None:
     from telemetry import instrument
@@ -300,6 +301,7 @@ def test_connect_through_a_hung_path_is_bounded(proxy: Proxy, figure: Figure) ->
            f"waiter with timeout=0.3 s raised after {results['waiter']:.2f} s")
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_health_check_over_a_hung_path_is_bounded(proxy: Proxy, figure: Figure) -> None:
     pool = ConnectionPool(0, 1, dsn=proxy.dsn(connect_timeout=2), check_idle_after=0,
                           io_timeout=1)

@@ -103,6 +103,7 @@ def test_ctrl_c_stops_cleanly(dsn: str, admin: Any) -> None:
     assert backend_count(admin, "psycopg2-pool-demo") == 0  # nothing left connected
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_embedded_server_is_started_and_removed() -> None:
     env = environment()
     env.pop("XDG_RUNTIME_DIR", None)  # as in a container or over ssh: platformdirs warns
@@ -152,6 +153,7 @@ def render(raw: str) -> list[str]:
     return screen
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_log_lines_do_not_glue_onto_the_live_progress_bar(dsn: str) -> None:
     primary, secondary = pty.openpty()
     process = subprocess.Popen(

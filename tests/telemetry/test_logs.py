@@ -288,6 +288,7 @@ def test_failures_after_the_interval_carry_the_count_of_the_others() -> None:
     assert [e["suppressed"] for e in gave_up] == [0, 1]
 
 
+@pytest.mark.slow  # default suite under 3 minutes: .ci/run's slow set runs it
 def test_an_outage_under_load_writes_a_handful_of_events(
         switch: Proxy, caplog: pytest.LogCaptureFixture) -> None:
     """The budget: a 3 s outage, 8 threads calling getconn(timeout=1) in a loop: at most 15
