@@ -15,14 +15,16 @@ DSN_ENV = "PSYCOPG2_POOL_TEST_DSN"
 REQUIRE_BINARIES_ENV = "PSYCOPG2_POOL_REQUIRE_BINARIES"
 
 
-def require_binary(name: str) -> str:
-    """The path of a system binary a test needs; skip (or fail, under .ci/run) when absent."""
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of a system binary a test needs; skip (or fail, under .ci/run) when absent.
+    ``package``: the Debian package that has it, when not named after it."""
     path = shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
     if path:
         return path
-    message = (f"`{name}` is not installed (Debian package `{name}`; "
-               f"`apt-get install -y {name}`, as .ci/run does)")
+    package = package or name
+    message = (f"`{name}` is not installed (Debian package `{package}`; "
+               f"`apt-get install -y {package}`, as .ci/run does)")
     if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
         pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
     pytest.skip(message)
