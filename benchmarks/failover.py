@@ -37,6 +37,7 @@ from common import ROOT  # noqa: F401 - puts the checkout on the import path
 from tests.support.cluster import (
     Replicated,
     Writers,
+    has_table,
     make_table,
     multi_host_dsn,
     node_of,
@@ -147,7 +148,7 @@ def switchover(peer: Peer) -> Result:
         conn = primary.admin()
         make_table(conn, table)
         conn.close()
-        wait_for(lambda: _replicated(standby, table), 10, "the table on the standby")
+        wait_for(lambda: has_table(standby, table), 10, "the table on the standby")
         pool = peer.make(multi_host_dsn([primary, standby], target_session_attrs="read-write"))
         writers = writers_for(peer, pool, table)
         try:
@@ -171,16 +172,6 @@ def switchover(peer: Peer) -> Result:
                       f"promotion took {(promoted - stopped) * 1000:.0f} ms")
     finally:
         cluster.close()
-
-
-def _replicated(node: Any, table: str) -> bool:
-    conn = node.admin()
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-        return bool(cur.fetchone()[0])
-    finally:
-        conn.close()
 
 
 def table(title: str, results: list[Result], ok_label: str) -> str:

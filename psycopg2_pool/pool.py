@@ -833,16 +833,22 @@ class ConnectionPool(Replacement):
         if now >= rec.expires:
             return rec.doomed or DiscardReason.MAX_LIFETIME
         if self.check_idle_after is not None and now - returned >= self.check_idle_after:
-            try:
-                self._bounded(self._check, conn)
-            except Exception:  # noqa: BLE001 - any failure means "do not hand it out"
-                return DiscardReason.FAILED_CHECK
-            if conn.get_transaction_status() != _IDLE:
-                return DiscardReason.FAILED_CHECK
+            reason = self._health_check(conn)
+            if reason is not None:
+                return reason
             if self._check_failures:  # checks pass again: replacements open at once
                 with self._lock:
                     self._check_failures = 0
         return None
+
+    def _health_check(self, conn: Connection) -> str | None:
+        """The ``check`` callable, bounded by ``io_timeout``: ``failed_check`` if it raised or
+        left a transaction open, else None (outside the lock)."""
+        try:
+            self._bounded(self._check, conn)
+        except Exception:  # noqa: BLE001 - any failure means "do not hand it out"
+            return DiscardReason.FAILED_CHECK
+        return None if conn.get_transaction_status() == _IDLE else DiscardReason.FAILED_CHECK
 
     def _discard(self, conn: Connection, rec: Record, reason: str) -> None:
         """Drop a checked-out connection that failed its checkout checks. Its slot is not

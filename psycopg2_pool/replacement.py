@@ -143,12 +143,9 @@ class Replacement(Upkeep):
             return closed_reason(conn)
         if monotonic() >= rec.expires:
             return rec.doomed or DiscardReason.MAX_LIFETIME
-        try:
-            pool._bounded(pool._check, conn)
-        except Exception:  # noqa: BLE001 - any failure means "do not keep it"
-            return DiscardReason.FAILED_CHECK
-        if conn.get_transaction_status() != _IDLE_STATUS:
-            return DiscardReason.FAILED_CHECK
+        reason = pool._health_check(conn)
+        if reason is not None:
+            return reason
         if self._role_lost is not None and self._role_lost(conn):
             return self._role_changed(conn, rec)
         return None

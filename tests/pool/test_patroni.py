@@ -26,7 +26,7 @@ import pytest
 
 from psycopg2_pool import ConnectionPool
 from psycopg2_pool.reconnect import MAX_DELAY
-from tests.support.cluster import Writers, make_table, running
+from tests.support.cluster import Writers, has_table, make_table, running
 from tests.support.patroni import LOOP_WAIT, TTL, PatroniCluster, PatroniNode
 from tests.support.system import require_binary
 
@@ -60,7 +60,7 @@ def setup_writes(cluster: PatroniCluster, name: str) -> tuple[ConnectionPool, Wr
     conn = leader.admin()
     make_table(conn, table)  # who: the port of the PostgreSQL that took the row
     conn.close()
-    cluster.wait_until(lambda: _has_table(replica, table), 10, "the table to reach the replica")
+    cluster.wait_until(lambda: has_table(replica, table), 10, "the table to reach the replica")
     pool = ConnectionPool(THREADS, THREADS, dsn=cluster.dsn(target_session_attrs="read-write"),
                           timeout=TIMEOUT, name=name)
     return pool, Writers(pool, table, threads=THREADS, timeout=TIMEOUT)
@@ -201,11 +201,3 @@ def logs_on_failure(cluster: PatroniCluster, figures: str) -> Iterator[None]:
         raise AssertionError(f"{exc}\n{figures}\n{cluster.logs()}") from None
 
 
-def _has_table(node: PatroniNode, table: str) -> bool:
-    conn = node.admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-            return bool(cur.fetchone()[0])
-    finally:
-        conn.close()

@@ -18,7 +18,15 @@ from collections.abc import Iterator
 import pytest
 
 from psycopg2_pool import ConnectionPool
-from tests.support.cluster import Replicated, Writers, make_table, multi_host_dsn, running, wait_for
+from tests.support.cluster import (
+    Replicated,
+    Writers,
+    has_table,
+    make_table,
+    multi_host_dsn,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +45,7 @@ def test_switchover_costs_only_the_writes_in_flight(cluster: Replicated) -> None
     conn = primary.admin()
     make_table(conn, table)  # who: the port of the server that took the row
     conn.close()
-    wait_for(lambda: _has_table(standby, table), 10, "the table to reach the standby")
+    wait_for(lambda: has_table(standby, table), 10, "the table to reach the standby")
     pool = ConnectionPool(8, 8, dsn=multi_host_dsn([primary, standby],
                                                      target_session_attrs="read-write"),
                           timeout=10, name="switchover")
@@ -69,11 +77,3 @@ def test_switchover_costs_only_the_writes_in_flight(cluster: Replicated) -> None
         pool.close()
 
 
-def _has_table(node: object, table: str) -> bool:
-    conn = node.admin()  # type: ignore[attr-defined]
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-            return bool(cur.fetchone()[0])
-    finally:
-        conn.close()

@@ -91,13 +91,24 @@ class Node:
         return conn
 
     def in_recovery(self) -> bool:
-        conn = self.admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_is_in_recovery()")
-                return bool(cur.fetchone()[0])
-        finally:
-            conn.close()
+        return bool(ask(self, "SELECT pg_is_in_recovery()"))
+
+
+def ask(node: Any, sql: str, *params: Any) -> Any:
+    """The first column of the first row of ``sql`` on ``node`` (anything with ``admin()``),
+    on a connection of its own."""
+    conn = node.admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def has_table(node: Any, table: str) -> bool:
+    """Whether ``table`` exists on ``node`` (replicated there yet)."""
+    return bool(ask(node, "SELECT to_regclass(%s) IS NOT NULL", table))
 
 
 def node_of(own: OwnServer) -> Node:

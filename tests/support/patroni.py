@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg2
 
+from tests.support.cluster import ask
 from tests.support.system import free_port
 
 #: Patroni's timing: the leader key lives ``TTL`` s unless renewed, which the leader does
@@ -79,13 +80,7 @@ class PatroniNode:
         return conn
 
     def in_recovery(self) -> bool:
-        conn = self.admin()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_is_in_recovery()")
-                return bool(cur.fetchone()[0])
-        finally:
-            conn.close()
+        return bool(ask(self, "SELECT pg_is_in_recovery()"))
 
     def postmaster_pid(self) -> int | None:
         """The postmaster's pid from ``postmaster.pid``, if that process is alive."""
