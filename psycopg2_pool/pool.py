@@ -142,6 +142,7 @@ from .connection import (
     pooled_class,
 )
 from .critical import FastPaths as _FastPaths
+from .critical import PyFastPaths as _PyFastPaths
 from .critical import Lock as _Lock
 from .dsn import default_pool_name, parse_options
 from .errors import (
@@ -1195,7 +1196,9 @@ class ConnectionPool(Replacement):
         parent's thread may hold psycopg2's mutex of one for ever), no listener (its locks
         may be held too); the discards are announced later, by a task."""
         fast = self._fast  # a new lock and sections of the same kinds (C or Python)
-        self._lock = type(fast.lock)()
+        # threading.Lock's type cannot be instantiated before 3.13: the Python sections' lock
+        # comes from threading.Lock(), the C sections' from their own type.
+        self._lock = threading.Lock() if isinstance(fast, _PyFastPaths) else type(fast.lock)()
         self.return_times = ReturnTimes(self.idle_connections, self._lock)
         self._announcers = {}
         self._waiters = deque()

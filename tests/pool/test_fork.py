@@ -290,3 +290,39 @@ def test_multiprocessing_fork_pool_map(pool: ConnectionPool) -> None:
     assert len(all_backends) == len(set(all_backends))  # no session shared between processes
     assert_parent_sessions_intact(originals, pids)
     pool.putconn(out)
+
+
+@pytest.mark.parametrize("sections", ["C", "Python"])
+def test_a_child_resets_a_pool_with_either_kind_of_sections(
+        dsn: str, sections: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child makes a new lock of the kind the pool has: the Python sections' (a
+    threading.Lock, whose type cannot be instantiated before 3.13) as well as the C ones'."""
+    import threading
+
+    import psycopg2_pool.pool
+    from psycopg2_pool import critical
+
+    if sections == "Python":  # private: the classes pool.py makes its sections with
+        monkeypatch.setattr(psycopg2_pool.pool, "_FastPaths", critical.PyFastPaths)
+        monkeypatch.setattr(psycopg2_pool.pool, "_Lock", threading.Lock)
+    elif not critical.ACCELERATED:
+        pytest.skip("psycopg2_pool._critical is not built here")
+    pool = ConnectionPool(1, 2, dsn=dsn)
+    lock = pool._lock  # private: the kind of lock the child must make again
+    try:
+        held = pool.getconn()
+        parents = {held.info.backend_pid} | {c.info.backend_pid for c in pool.idle_connections}
+
+        def child() -> int:
+            conn = pool.getconn(timeout=5)  # its own: never one of the parent's sessions
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                mine = cur.fetchone()[0]
+            pool.putconn(conn)
+            reset = pool._lock is not lock and isinstance(pool._lock, type(lock))
+            return 0 if mine not in parents and reset else 3
+
+        assert run_in_child(child) == 0
+        pool.putconn(held)
+    finally:
+        pool.close()
