@@ -14,7 +14,7 @@
  *   take(now): pops the most recently returned idle connection, marks its record OUT (lent
  *     to records, since=now), counts the request; None when none is idle.
  *   keep(conn, rec, now): when nothing but keeping is to be done (not slow_return, rec.lent
- *     is records, no waiter): marks the record IDLE (returned_at=now), appends the
+ *     is records, no waiter, rec.doomed None): marks the record IDLE (returned_at=now), appends the
  *     connection to the idle deque, counts the return, True; else changes nothing: False.
  *
  * While the lock is held: the GIL is never released, no Python code runs, nothing the
@@ -186,7 +186,7 @@ static PyObject *OUT, *IDLE;    /* the record states (psycopg2_pool.connection),
 static PyTypeObject *RecordType;  /* psycopg2_pool.connection.Record, from setup() */
 /* Offsets of Record's slots, from its member descriptors: written directly, as its own
  * descriptors would (an exact Record only; anything else goes through setattr). */
-static Py_ssize_t off_state, off_lent, off_since, off_returned_at;
+static Py_ssize_t off_state, off_lent, off_since, off_returned_at, off_doomed;
 static PyObject *s_pool_rec;
 
 typedef struct {
@@ -335,10 +335,25 @@ fast_keep(FastPathsObject *self, PyObject *const *args, Py_ssize_t nargs)
         result = Py_False;
         goto done;
     }
+    int doomed;
     if (Py_IS_TYPE(rec, RecordType)) {
         lent = Py_XNewRef(*(PyObject **)((char *)rec + off_lent));
+        PyObject *mark = *(PyObject **)((char *)rec + off_doomed);
+        doomed = mark != NULL && mark != Py_None;
     }
-    else if ((lent = PyObject_GetAttrString(rec, "lent")) == NULL) {
+    else {
+        if ((lent = PyObject_GetAttrString(rec, "lent")) == NULL) {
+            goto done;
+        }
+        PyObject *mark = PyObject_GetAttrString(rec, "doomed");
+        if (mark == NULL) {
+            goto done;
+        }
+        doomed = mark != Py_None;
+        Py_DECREF(mark);  /* a str or None, held by the record: nothing is freed */
+    }
+    if (doomed) {  /* drained or swept by a role change: the Python path closes it */
+        result = Py_False;
         goto done;
     }
     Py_ssize_t queued = PyObject_Length(self->waiters);
@@ -433,7 +448,8 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyTypeObject *type = (PyTypeObject *)args[2];
     if (slot_offset(type, "state", &off_state) < 0 || slot_offset(type, "lent", &off_lent) < 0
             || slot_offset(type, "since", &off_since) < 0
-            || slot_offset(type, "returned_at", &off_returned_at) < 0) {
+            || slot_offset(type, "returned_at", &off_returned_at) < 0
+            || slot_offset(type, "doomed", &off_doomed) < 0) {
         return NULL;
     }
     Py_XSETREF(OUT, Py_NewRef(args[0]));

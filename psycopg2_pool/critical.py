@@ -18,7 +18,8 @@ deque, records and waiters, which also holds the counters of checkouts and retur
 - ``take(now)``: pops the most recently returned idle connection, marks its record OUT
   (lent to the records, ``since=now``), counts the request; None when none is idle.
 - ``keep(conn, rec, now)``: when nothing but keeping is to be done (not ``slow_return``,
-  ``rec.lent`` is the records, nobody waiting), marks the record IDLE (``returned_at=now``),
+  ``rec.lent`` is the records, nobody waiting, the record not doomed by ``drain()`` or a
+  role change), marks the record IDLE (``returned_at=now``),
   appends the connection to the idle deque and counts the return: True; else changes
   nothing: False (the caller takes its locked slow path).
 
@@ -64,7 +65,8 @@ class PyFastPaths:
     def keep(self, conn: Any, rec: Record, now: float) -> bool:
         """The return's section (see the module docstring)."""
         with self.lock:
-            if self.slow_return or rec.lent is not self.records or self.waiters:
+            if (self.slow_return or rec.lent is not self.records or self.waiters
+                    or rec.doomed is not None):
                 return False
             rec.returned_at, rec.state, rec.lent = now, IDLE, None  # marked, then in the deque
             self.idle.append(conn)

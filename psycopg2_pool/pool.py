@@ -142,8 +142,8 @@ from .connection import (
     pooled_class,
 )
 from .critical import FastPaths as _FastPaths
-from .critical import PyFastPaths as _PyFastPaths
 from .critical import Lock as _Lock
+from .critical import PyFastPaths as _PyFastPaths
 from .dsn import default_pool_name, parse_options
 from .errors import (
     IOTimeout,
@@ -501,7 +501,7 @@ class ConnectionPool(Replacement):
             if rec.lent is not self._records or key is not None:  # see Record.lent
                 self._claim_return(conn, rec, key)  # raises on misuse; forgets a key
             self._fast.returns += 1
-            if plain and not self._fast.slow_return:  # nothing to do but keep it
+            if plain and not self._fast.slow_return and rec.doomed is None:  # just keep it
                 waiter = self._first_waiter() if self._waiters else None
                 if waiter is not None:
                     self._hand_over(conn, rec, now, waiter)
@@ -762,6 +762,8 @@ class ConnectionPool(Replacement):
                             self._connecting - 1, self._opening - 1, _OUT, now, False)
                         rec.lent = self._records
                         self._records[rec.conn_id] = rec
+                        if rec.generation != self._drains:  # opened across a drain():
+                            self._mark_if_drained(rec)  # closed when it is returned
                         self._ensure_opening()  # minconn, after a discard of this checkout
                         self._opened_one()
                     return self._checked_out(conn, opening, opened=True)
@@ -1100,13 +1102,19 @@ class ConnectionPool(Replacement):
             with self._lock:
                 if reason is None and self._closed:  # close() ran since the check above
                     reason = DiscardReason.POOL_CLOSED
+                if reason is None and rec.doomed is not None:  # drained or swept meanwhile
+                    reason = rec.doomed
                 if reason is None:
                     self._settle(conn, rec, now)
                     return
                 self._begin_close(rec)
                 self._update_slow_return()
         except BaseException:  # interrupted: the connection is discarded, its slot kept
-            self._abandon(rec, since)
+            if rec.state is _CLOSING:  # this return began its close (only it does): finish
+                self._close_connection(conn, rec, reason or DiscardReason.INTERRUPTED,
+                                       monotonic())
+            else:
+                self._abandon(rec, since)
             raise
         self._close_connection(conn, rec, reason, now)
 

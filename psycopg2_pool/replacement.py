@@ -85,10 +85,13 @@ class Replacement(Upkeep):
         are returned, and new ones open in the background (through a callable ``dsn`` or
         ``kwargs``, called again). A connection being opened right now is not handed out.
         On a closed pool, nothing to do."""
-        with self._lock:
-            self._drains += 1
-            conns, _ = self._doom(lambda rec: True, DiscardReason.DRAINED)
-        self._close_all(conns, DiscardReason.DRAINED)  # and opens their replacements
+        taken: list[Connection] = []
+        try:
+            with self._lock:
+                self._drains += 1
+                self._doom(lambda rec: True, DiscardReason.DRAINED, taken)
+        finally:  # a raise inside still closes what was taken out of use
+            self._close_all(taken, DiscardReason.DRAINED)  # and opens their replacements
 
     def check(self) -> None:
         """Check every idle connection now, on this thread: each one is taken out of use
@@ -109,6 +112,8 @@ class Replacement(Upkeep):
                     with self._lock:
                         if reason is None and self._closed:
                             reason = DiscardReason.POOL_CLOSED
+                        if reason is None and rec.doomed is not None:  # drained meanwhile
+                            reason = rec.doomed
                         if reason is None:
                             self._settle(conn, rec, monotonic())
                         else:  # still OUT: a sweep dooms a checked-out record, never takes it
@@ -150,41 +155,46 @@ class Replacement(Upkeep):
             return self._role_changed(conn, rec)
         return None
 
-    def _doom(self, match: Callable[[Record], bool], reason: str
-              ) -> tuple[list[Connection], int]:
-        """Take the matching idle connections out of use (CLOSING: the caller closes them)
-        and doom the matching checked-out ones (lock held); (those taken, those doomed)."""
+    def _doom(self, match: Callable[[Record], bool], reason: str,
+              taken: list[Connection]) -> int:
+        """Take the matching idle connections out of use (CLOSING, appended to ``taken`` as
+        each is: the caller closes them, even after a raise) and doom the matching
+        checked-out ones (lock held); how many were doomed."""
         idle = self.idle_connections
-        taken = [conn for conn in idle if match(conn._pool_rec)]
-        for conn in taken:
+        for conn in [c for c in idle if match(c._pool_rec)]:
             idle.remove(conn)  # out of the deque, then marked (the core's rules)
             conn._pool_rec.state, self._closing = CLOSING, self._closing + 1  # one line
+            taken.append(conn)
         doomed = 0
         for rec in self._records.values():
             if rec.state is OUT and rec.doomed is None and match(rec):
                 rec.doomed, rec.expires = reason, -math.inf  # its return sees it expired
                 doomed += 1
-        return taken, doomed
+        return doomed
 
     def _role_changed(self, conn: Connection, rec: Record) -> str:
         """``conn`` (checked out, its slot still the caller's) is on a server that lost the
         pool's role: replace every connection to that server; the discard reason for it."""
         reason = DiscardReason.ROLE_CHANGED
         server = rec.server
-        with self._lock:
-            if rec.doomed is not None:  # another connection noticed first: same incident
-                return rec.doomed
-            rec.doomed = reason
-            conns, in_use = self._doom(lambda r: r.server == server, reason)
-            self._stats[ROLE_CHANGES] += 1
-            self._moving = (server, monotonic())
+        noticed = monotonic()
+        conns: list[Connection] = []
+        try:
+            with self._lock:
+                if rec.doomed is not None:  # another connection noticed first: same incident
+                    return rec.doomed
+                rec.doomed = reason
+                in_use = self._doom(lambda r: r.server == server, reason, conns)
+                self._stats[ROLE_CHANGES] += 1
+                self._moving = (server, noticed)
+        finally:  # a raise inside still has what was taken out of use closed
+            if conns:
+                SCHEDULER.call_soon(CloseReplaced(self, conns, reason))
         reported = _roles.describe(conn)
         logger.warning("pool %r: server %s no longer has the role target_session_attrs=%s "
                        "asks for (it reports %s): replacing its connections (%d idle now, "
                        "%d in use when returned); new ones open through the DSN",
                        self.name, server, self.role, reported, len(conns), in_use + 1)
-        if conns:
-            SCHEDULER.call_soon(CloseReplaced(self, conns, reason))
         if self._on_role_change:
             self._emit(self._on_role_change,
                        RoleChangeEvent(self._as_pool(), server, self.role or "", reported,

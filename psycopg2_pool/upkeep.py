@@ -403,15 +403,17 @@ class Upkeep(Listeners):
             self._connecting, self._opening = self._connecting - 1, self._opening - 1
             self._attempt_ended()
             rec.since = now
-            closed = bool(self._closed)  # read again: close() may have run during the attempt
+            # Read again: close() or drain() may have run during the attempt.
+            reason = (DiscardReason.POOL_CLOSED if self._closed else
+                      DiscardReason.DRAINED if rec.generation != self._drains else None)
             self._records[rec.conn_id] = rec
-            if closed:
+            if reason is not None:
                 self._begin_close(rec)
             else:
                 self._settle(conn, rec, now)
             self._opened_one()
-        if closed:
-            self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
+        if reason is not None:
+            self._close_connection(conn, rec, reason, now)
 
     def _open_inline(self) -> None:
         """Open into a slot this thread reserved and counted as connecting (``__init__``) and
@@ -595,7 +597,11 @@ class Upkeep(Listeners):
                 rec.state, self._closing = CLOSING, self._closing + 1  # one line
             recs = [c._pool_rec for c in self.idle_connections]
             recs += [r for r in self._records.values() if r.state is OUT]
-        self._close_all(expired, DiscardReason.MAX_LIFETIME)  # and opens their replacements
+        doomed = [c for c in expired if c._pool_rec.doomed is not None]  # drained, role lost
+        for conn in doomed:
+            self._close_connection(conn, conn._pool_rec, conn._pool_rec.doomed, now)
+        self._close_all([c for c in expired if c._pool_rec.doomed is None],
+                        DiscardReason.MAX_LIFETIME)  # and opens their replacements
         upcoming = [r.expires for r in recs if r.expires > now]
         return min(upcoming, default=now + lifetime * 0.9) + 0.005
 

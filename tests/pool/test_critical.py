@@ -32,6 +32,7 @@ class Conn:
         self.name = name
         rec = Record.__new__(Record)  # no pool, no server: only the slots the sections use
         rec.state, rec.lent, rec.since, rec.returned_at = IDLE, None, 0.0, 0.0
+        rec.doomed = None
         self._pool_rec = rec
 
 
@@ -121,6 +122,7 @@ def test_records_of_a_subclass_are_written_too(kind: str) -> None:
     a = Conn("a")
     sub = SubRecord.__new__(SubRecord)
     sub.state, sub.lent, sub.since, sub.returned_at = IDLE, None, 0.0, 0.0
+    sub.doomed = None
     a._pool_rec = sub
     fast = make(kind, [a])
     assert fast.take(3.0) is a and sub.state == OUT and sub.lent is fast.records

@@ -610,6 +610,32 @@ def test_return_preempted_by_close_at_every_step(ctx: Ctx, figure: Figure) -> No
     conclude(found, scenario, figure, "preemptions")
 
 
+def drained_problems(ctx: Ctx, run: Run) -> list[str]:
+    """After a return raced with drain(): the returned connection is not kept (it is closed,
+    as drained), no idle connection is doomed, and the books balance."""
+    returned = run.marks.pop("returned", None)
+    drained = run.marks.get("fired_at") is not None  # the preemption ran: drain() did
+    problems = []
+    if drained and returned is not None and returned in run.pool.idle_connections:
+        problems.append("the connection returned during drain() was kept idle")
+    doomed = [c for c in run.pool.idle_connections if c._pool_rec.doomed is not None]
+    if doomed:  # private: what drain() marks (replacement.py)
+        problems.append(f"{len(doomed)} doomed connection(s) idle after drain()")
+    del returned, doomed
+    return problems + invariant_problems(run.pool, 2)
+
+
+def test_return_preempted_by_a_drain_at_every_step(ctx: Ctx, figure: Figure) -> None:
+    """drain() racing with a return, at each step of the return: the connection drain()
+    dooms is closed at that return, never kept idle (found by review: a plain return tested
+    its expiry before drain() doomed it, and the section kept it)."""
+    scenario = Scenario("return-preempted-by-drain", {"minconn": 1, "maxconn": 2},
+                        prepare_one_out, act_putconn_remember, finish_preemption,
+                        check=drained_problems)
+    found = explore(ctx, scenario, action=preempt(lambda run: run.pool.drain()))
+    conclude(found, scenario, figure, "preemptions")
+
+
 CLOSING_WAIT = 0.5
 
 
