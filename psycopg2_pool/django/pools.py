@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ..events import PoolListener
 from ..pool import ConnectionPool
 
 #: What ``OPTIONS["pool"] = True`` means, and what a dict leaves out. ``timeout``: a request
@@ -132,23 +131,7 @@ def build_pool(alias: str, settings: PoolSettings, params: Mapping[str, Any],
         except BaseException:
             pool.close()
             raise
-        pool.add_listener(DeepCheckoutStacks())
     return pool
-
-
-#: Frames kept of each checkout's stack in an instrumented Django pool. The leak detector
-#: keeps 20 (``telemetry.stacks.MAX_FRAMES``), counted from the backend's
-#: ``get_new_connection``; Django's own frames take 14 of them for a ``filter().exists()`` in
-#: a view, 19 for a ``create()``, and more than 20 for a queryset evaluated by a template
-#: that ``render()`` renders, where the view's line would fall off the kept stack.
-STACK_DEPTH = 40
-
-
-class DeepCheckoutStacks(PoolListener):
-    """Asks the pool for :data:`STACK_DEPTH` frames (the pool keeps the deepest any of its
-    listeners asks for, ~0.1 µs a frame at each checkout); it listens to nothing."""
-
-    checkout_stack_depth = STACK_DEPTH
 
 
 def _instrument(pool: ConnectionPool, arguments: dict[str, Any]) -> None:
