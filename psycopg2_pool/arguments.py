@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .dsn import parse_options
+
 Dsn = Callable[[], str]
 Kwargs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
@@ -30,8 +32,11 @@ class ConnectArguments:
     __slots__ = ("dsn", "fixed", "kwargs")
 
     def __init__(self, fixed: dict[str, Any], dsn: Dsn | None = None,
-                 kwargs: Callable[[], Mapping[str, Any]] | None = None) -> None:
-        self.fixed = fixed  #: the arguments that never change (the DSN when not a callable)
+                 kwargs: Callable[[], Mapping[str, Any]] | None = None,
+                 changing: frozenset[str] = frozenset()) -> None:
+        #: the arguments that never change (the DSN when not a callable); what the kwargs
+        #: callable returned at construction (``changing``) is left out: asked for again
+        self.fixed = {k: v for k, v in fixed.items() if k not in changing}
         self.dsn = dsn  #: called for the DSN of each new connection, or None
         self.kwargs = kwargs  #: called for arguments laid over ``fixed``, or None
 
@@ -56,15 +61,20 @@ class ConnectArguments:
             if not isinstance(more, Mapping):
                 raise TypeError(f"the kwargs callable returned a {type(more).__name__}; it "
                                 f"must return a dict of connection arguments")
+            _refuse_reserved(more)
             args.update(more)
+        # Validated as at construction: libpq quotes a malformed string in its messages,
+        # password included, and parse_options raises a message that quotes none of it.
+        parse_options(args)
         return args
 
 
 def split(connect_kwargs: dict[str, Any], kwargs: Kwargs | None
-          ) -> tuple[Dsn | None, Callable[[], Mapping[str, Any]] | None]:
+          ) -> tuple[Dsn | None, Callable[[], Mapping[str, Any]] | None, frozenset[str]]:
     """Take the callables out of the constructor's arguments, leaving in ``connect_kwargs``
     what one call of each returns now (so that the options are validated and the pool named
-    as for fixed arguments); return the callables. A dict ``kwargs`` is merged in."""
+    as for fixed arguments); return the callables, and the keys the kwargs callable gave
+    (asked for again at each open, never fixed). A dict ``kwargs`` is merged in."""
     dsn = connect_kwargs.get("dsn")
     dsn_source: Dsn | None = None
     if callable(dsn):
@@ -84,11 +94,16 @@ def split(connect_kwargs: dict[str, Any], kwargs: Kwargs | None
         if not isinstance(now, Mapping):
             raise TypeError(f"kwargs must be a dict of connection arguments or a callable "
                             f"returning one, got {type(now).__name__}")
-        for key in now:
-            if key in ("dsn", "connection_factory"):
-                raise TypeError(f"kwargs cannot set {key}; pass it to ConnectionPool itself")
+        _refuse_reserved(now)
         connect_kwargs.update(now)
-    return dsn_source, kwargs_source
+    changing = frozenset(now) if kwargs_source is not None else frozenset()
+    return dsn_source, kwargs_source, changing
+
+
+def _refuse_reserved(arguments: Mapping[str, Any]) -> None:
+    for key in arguments:
+        if key in ("dsn", "connection_factory"):
+            raise TypeError(f"kwargs cannot set {key}; pass it to ConnectionPool itself")
 
 
 __all__ = ["ConnectArguments", "split"]

@@ -246,7 +246,7 @@ class ConnectionPool(Replacement):
         factory = connect_kwargs.get("connection_factory")
         if factory is None:
             factory = extensions.connection
-        dsn_source, kwargs_source = _arguments.split(connect_kwargs, kwargs)
+        dsn_source, kwargs_source, changing = _arguments.split(connect_kwargs, kwargs)
         options = parse_options(connect_kwargs)
         connect_kwargs.setdefault("dsn", "")
 
@@ -289,7 +289,7 @@ class ConnectionPool(Replacement):
         self._connect_args.update(connect_timeout_default(options))
         self._connect_bound = connect_timeout_text(options, self._connect_args)
         self._arguments = _arguments.ConnectArguments(self._connect_args, dsn_source,
-                                                      kwargs_source)
+                                                      kwargs_source, changing)
         #: The role libpq was asked to pick a server for (``target_session_attrs``), which
         #: the pool keeps its connections to (roles.py), or None.
         self.role = _roles.wanted_role(options)

@@ -99,12 +99,16 @@ class Replacement(Upkeep):
         expired one is discarded and replaced in the background, the others go back (to a
         waiting caller first). psycopg_pool's ``check()``."""
         pool = self._as_pool()
-        with self._lock:  # a closed pool has none idle
-            pending = [pool._take_one_idle() for _ in range(len(self.idle_connections))]
-        checked, discarded = len(pending), []
+        pending: list[tuple[Connection, float]] = []  # (connection, when it was returned)
+        discarded: list[str] = []
         try:
-            while pending:
-                conn = pending.pop()
+            with self._lock:  # a closed pool has none idle
+                while self.idle_connections:
+                    returned = self.idle_connections[-1]._pool_rec.returned_at
+                    pending.append((pool._take_one_idle(), returned))  # newest first
+            checked = len(pending)
+            while pending:  # newest first: each goes back to the left end, oldest leftmost
+                conn, returned = pending.pop(0)
                 rec = conn._pool_rec
                 since = rec.since
                 try:
@@ -115,7 +119,7 @@ class Replacement(Upkeep):
                         if reason is None and rec.doomed is not None:  # drained meanwhile
                             reason = rec.doomed
                         if reason is None:
-                            self._settle(conn, rec, monotonic())
+                            self._put_back(conn, rec, returned)
                         else:  # still OUT: a sweep dooms a checked-out record, never takes it
                             self._begin_close(rec)
                 except BaseException:  # interrupted: this one is discarded, the rest kept
@@ -126,20 +130,31 @@ class Replacement(Upkeep):
                     self._close_connection(conn, rec, reason, monotonic())
         finally:
             if pending:  # not checked (interrupted): back as they were
-                now = monotonic()
                 with self._lock:
-                    for conn in pending:
+                    for conn, returned in pending:
                         if self._closed:
                             self._begin_close(conn._pool_rec)
                         else:
-                            self._settle(conn, conn._pool_rec, now)
+                            self._put_back(conn, conn._pool_rec, returned)
                 if self._closed:
-                    self._close_all([c for c in pending if c._pool_rec.state is CLOSING],
+                    self._close_all([c for c, _ in pending if c._pool_rec.state is CLOSING],
                                     DiscardReason.POOL_CLOSED)
         if discarded:  # one line per call, as psycopg_pool's check() warns
             logger.warning("pool %r: check() discarded %d of %d idle connections (%s); "
                            "replacements open in the background", self.name, len(discarded),
                            checked, ", ".join(sorted(set(discarded))))
+
+    def _put_back(self, conn: Connection, rec: Record, returned: float) -> None:
+        """A connection :meth:`check` kept: to the first waiter, else idle again as it was,
+        at the left end of the deque with the time it had been returned, so that a
+        periodic ``check()`` never keeps a connection from ``idle_timeout`` (lock held)."""
+        pool = self._as_pool()
+        waiter = pool._first_waiter() if self._waiters else None
+        if waiter is not None:
+            pool._hand_over(conn, rec, monotonic(), waiter)
+            return
+        rec.returned_at, rec.state, rec.returning, rec.lent = returned, IDLE, False, None
+        self.idle_connections.appendleft(conn)  # marked, then in the deque
 
     def _checked_now(self, conn: Connection, rec: Record) -> str | None:
         """Why a connection taken out by :meth:`check` must go, or None (outside the lock)."""

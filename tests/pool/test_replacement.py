@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -246,3 +247,73 @@ def test_a_raising_callable_is_a_failed_attempt(dsn: str) -> None:
 
 def test_drained_is_a_discard_reason() -> None:
     assert DiscardReason.DRAINED == "drained"
+
+
+def test_a_later_malformed_dsn_never_shows_its_password(
+        dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """libpq quotes a malformed connection string in its message, password included: a result
+    of the dsn callable is validated like the constructor's DSN, with a message that quotes
+    none of it (found by review: the outage warning and ServerUnavailable carried it)."""
+    calls = {"n": 0}
+
+    def current() -> str:
+        calls["n"] += 1
+        return dsn if calls["n"] <= 2 else "password=pass hunter2"
+
+    pool = ConnectionPool(1, 2, dsn=current, timeout=0.5)
+    try:
+        held = pool.getconn()
+        with pytest.raises(Exception) as raised:  # the next open gets the bad string
+            pool.getconn()
+        pool.putconn(held)
+        text = f"{raised.value!r} {raised.value.__cause__!r} {caplog.text}"
+        assert calls["n"] >= 3
+        assert "hunter2" not in text
+        assert "invalid connection string" in text
+    finally:
+        pool.close()
+
+
+def test_a_kwargs_callable_is_asked_for_every_key_at_every_open(dsn: str) -> None:
+    """What the callable gave at construction is not kept as fixed: a key it later leaves
+    out is gone from the next connection's arguments."""
+    results = [{"application_name": "first"}, {"application_name": "first"}, {}]
+
+    def current() -> dict[str, str]:
+        return results.pop(0) if results else {}
+
+    pool = ConnectionPool(1, 2, dsn=dsn, kwargs=current, timeout=5)
+    try:
+        assert "application_name" not in pool._arguments.fixed  # private: what is fixed
+        pool.drain()
+        conn = pool.getconn()
+        assert conn.get_dsn_parameters().get("application_name", "") == ""
+        pool.putconn(conn)
+    finally:
+        pool.close()
+
+
+def test_a_periodic_check_keeps_idle_timeout(make_pool: MakePool) -> None:
+    """check() puts each connection back as it was (its return time, its place in the idle
+    order): calling it more often than idle_timeout does not keep idle connections open
+    (found by review: every check made them look freshly returned)."""
+    pool = make_pool(0, 2, idle_timeout=0.6)
+    conn = pool.getconn()
+    pool.putconn(conn)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and not pool.get_stats()["discarded_idle_timeout"]:
+        pool.check()
+        time.sleep(0.1)
+    assert pool.get_stats()["discarded_idle_timeout"] == 1
+    assert not pool.idle_connections
+
+
+def test_check_keeps_the_idle_order(make_pool: MakePool) -> None:
+    pool = make_pool(3, 3)
+    conns = [pool.getconn() for _ in range(3)]
+    for conn in conns:
+        pool.putconn(conn)
+        time.sleep(0.01)
+    before = [(id(c), c._pool_rec.returned_at) for c in pool.idle_connections]
+    pool.check()
+    assert [(id(c), c._pool_rec.returned_at) for c in pool.idle_connections] == before
