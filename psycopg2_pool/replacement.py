@@ -83,8 +83,9 @@ class Replacement(Upkeep):
     def drain(self) -> None:
         """Replace every connection: idle ones are closed now, checked-out ones when they
         are returned, and new ones open in the background (through a callable ``dsn`` or
-        ``kwargs``, called again). A connection being opened right now is not handed out.
-        On a closed pool, nothing to do."""
+        ``kwargs``, called again). A connection being opened right now is not kept (closed
+        when placed, or when returned by the ``timeout=0`` caller that opened it). On a
+        closed pool, nothing to do."""
         taken: list[Connection] = []
         try:
             with self._lock:
