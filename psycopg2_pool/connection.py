@@ -114,7 +114,7 @@ class Record:
         # ``host:port`` of its server, as libpq chose it among the DSN's hosts (roles.py).
         self.server = server_of(conn)
         # The pool's count of drain() calls when its open began: opened before a later
-        # drain(), it is never handed out (see ConnectionPool.drain).
+        # drain(), it is not kept (see Replacement.drain).
         self.generation = 0
         # Set under the lock with ``expires = -inf`` when the connection must go at its next
         # return or checkout: the DiscardReason it goes with (drained, role changed).
