@@ -229,9 +229,10 @@ class Replacement(Upkeep):
         if self._role_lost is not None and self._role_lost(conn):
             return
         with self._lock:
-            moving, self._moving = self._moving, None
-        if moving is None:  # another open got there first
-            return
+            moving = self._moving
+            if moving is None or self._stale_role(rec) is not None:
+                return  # another open got there first; or opened before the notice
+            self._moving = None
         lost, noticed = moving
         after = monotonic() - noticed
         logger.warning("pool %r: moved from %s to %s %.3g s after its role change "
@@ -241,6 +242,15 @@ class Replacement(Upkeep):
             self._emit(self._on_role_restored,
                        RoleRestoredEvent(self._as_pool(), lost, rec.server, self.role or "",
                                          after))
+
+    def _stale_role(self, rec: Record) -> str | None:
+        """``role_changed`` for a new connection to the server whose role change is being
+        moved away from, opened before the change was noticed (its startup report predates
+        the change: the sweep missed it, being under way); else None (lock held)."""
+        moving = self._moving
+        if moving is not None and rec.server == moving[0] and rec.created <= moving[1]:
+            return DiscardReason.ROLE_CHANGED
+        return None
 
     def servers(self) -> dict[str, int]:
         """Connections open per server, ``{"host:port": n}`` (idle and in use): which of a

@@ -403,9 +403,10 @@ class Upkeep(Listeners):
             self._connecting, self._opening = self._connecting - 1, self._opening - 1
             self._attempt_ended()
             rec.since = now
-            # Read again: close() or drain() may have run during the attempt.
+            # Read again: close(), drain() or a role change may have come during the attempt.
             reason = (DiscardReason.POOL_CLOSED if self._closed else
-                      DiscardReason.DRAINED if rec.generation != self._drains else None)
+                      DiscardReason.DRAINED if rec.generation != self._drains else
+                      self._stale_role(rec))
             self._records[rec.conn_id] = rec
             if reason is not None:
                 self._begin_close(rec)
@@ -507,6 +508,11 @@ class Upkeep(Listeners):
 
     def _role_restored(self, conn: Connection, rec: Record) -> None:
         """A new connection after a role change (replacement.py)."""
+        raise NotImplementedError  # pragma: no cover - the pool's (replacement.py)
+
+    def _stale_role(self, rec: Record) -> str | None:
+        """``role_changed`` for a new connection to a server that lost the role, opened
+        before that was noticed (lock held; replacement.py)."""
         raise NotImplementedError  # pragma: no cover - the pool's (replacement.py)
 
     def _drop_new(self, conn: Connection, rec: Record, *, counted: bool) -> None:

@@ -277,3 +277,59 @@ def test_autocommit_returns_look_at_the_role_every_role_sample(
     finally:
         pool.close()
         set_read_only(a_server, False)
+
+
+def test_an_open_under_way_at_the_change_is_not_a_second_incident(
+        pair: tuple[OwnServer, OwnServer]) -> None:
+    """A connection being opened to the server when its role change is noticed reports the
+    server's old role (its startup report predates the change): it is closed when placed,
+    not counted as "moved", and its first use does not start a second incident (found by
+    review: role_changes went to 2, with a "moved from A to A")."""
+    import threading
+
+    a_server, _ = pair
+    a = node_of(a_server)
+    gate, inside = threading.Event(), threading.Event()
+    armed = {"on": False}
+
+    def configure(conn: Any) -> None:
+        if armed["on"]:
+            armed["on"] = False
+            inside.set()
+            gate.wait(5)
+
+    roles = Roles()
+    restored: list[Any] = []
+    roles.on_role_restored = restored.append  # type: ignore[attr-defined]
+    pool = ConnectionPool(1, 2, dsn=f"{a.dsn} target_session_attrs=read-write", timeout=2,
+                          configure=configure)
+    pool.add_listener(roles)
+    try:
+        held = pool.getconn()
+        armed["on"] = True
+        waiter_result: list[Any] = []
+        waiter = threading.Thread(target=lambda: waiter_result.append(
+            _attempt(lambda: pool.getconn(timeout=1))))
+        waiter.start()
+        assert inside.wait(5)  # the background open has connected, and is in configure
+        set_read_only(a_server, True)
+        with held.cursor() as cur:
+            cur.execute("SELECT 1")
+        pool.putconn(held)  # notices: the sweep, incident 1
+        gate.set()
+        waiter.join(10)
+        wait_for(lambda: pool.get_stats()["discarded_role_changed"] == 2, 5,
+                 "the open under way to be closed as role_changed")
+        assert len(roles.events) == 1 and pool.get_stats()["role_changes"] == 1
+        assert restored == []  # no server with the role was reached: no "moved"
+    finally:
+        gate.set()
+        pool.close()
+        set_read_only(a_server, False)
+
+
+def _attempt(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the waiter may time out: no writable server
+        return exc
