@@ -91,9 +91,13 @@ class Scheduler:
                 self._sleepers[-1].set()
                 self._sleepers.pop()
             elif self._workers < self.max_workers:
+                worker = threading.Thread(target=self._work, name=_IDLE_NAME, daemon=True)
                 self._workers += 1
-                threading.Thread(target=self._work, name=_IDLE_NAME,
-                                 daemon=True).start()
+                try:
+                    worker.start()
+                except BaseException:  # not started (or a raise just after): not counted, so
+                    self._workers -= 1  # the count can only err low (one worker too many)
+                    raise
 
     @property
     def max_workers(self) -> int:

@@ -236,6 +236,25 @@ def settled(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
         time.sleep(0.002)
 
 
+def scheduler_problems() -> list[str]:
+    """What a call left behind on the process's scheduler: its count of workers above the
+    worker threads alive (a count that errs high stops new workers for good, and with them
+    every pool's background opens). Repaired so that it cannot break a later test.
+
+    Private: ``SCHEDULER._workers`` and the threads' names (``psycopg2_pool-upkeep...``)."""
+    from psycopg2_pool.scheduler import SCHEDULER
+
+    with SCHEDULER._lock:
+        alive = sum(1 for t in threading.enumerate()
+                    if t.name.startswith("psycopg2_pool-upkeep") and t.is_alive())
+        counted = SCHEDULER._workers
+        if counted <= alive:
+            return []
+        SCHEDULER._workers = alive
+    return [f"the scheduler counts {counted} workers with {alive} alive: a raise left the "
+            f"count high, and new workers would never start"]
+
+
 def watchdog_problems() -> list[str]:
     """What a call left behind on the pool's io_timeout watchdog (the process's), repaired
     so that it cannot break a later test: empty when nothing.
@@ -320,7 +339,7 @@ def invariant_problems(pool: ConnectionPool, maxconn: int, *, settle: float = 1.
     if not opening and stats["connections_num"] - stats["connections_discarded"] != size:
         problems.append(f"a connection vanished from the books (opened - discarded != "
                         f"size): {brief}")
-    problems += watchdog_problems()
+    problems += watchdog_problems() + scheduler_problems()
     del checkouts, idle, times
     if problems:
         return problems
