@@ -72,7 +72,9 @@ deferred takes it when it runs. So a raise at any call leaves every reserved slo
 for (deferred, parked or queued with its task), and the next ``_ensure_opening``, on any
 thread, starts what was left deferred. The scheduler wakes a sleeping worker before it
 unlists it, and a sleeping worker looks at its heap at least every 0.5 s
-(``scheduler.WAKE_CHECK``): a wake-up a raise cut short makes a task late, never lost.
+(``scheduler.WAKE_CHECK``): a wake-up a raise cut short makes a task late, never lost. A
+raise while a worker is started uncounts it, so the count of workers can err low (one
+worker too many), never high (no worker started again).
 
 **Invariant.** Under the lock: ``_size`` = idle + checked out (OUT, including returning
 and handed over) + ``_opening`` + ``_closing``; idle connections and waiters never coexist
