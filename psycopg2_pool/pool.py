@@ -1089,7 +1089,8 @@ class ConnectionPool(Replacement):
                     reason = self._reset(conn, status)
             if reason is None and now >= rec.expires:
                 reason = rec.doomed or DiscardReason.MAX_LIFETIME
-            if reason is None and self._role_lost is not None and self._role_lost(conn):
+            if reason is None and self._role_lost is not None and not self._closed \
+                    and self._role_lost(conn):  # a closed pool has nothing to replace
                 reason = self._role_changed(conn, rec)  # and every connection to its server
             if reason is None:
                 with self._lock:
