@@ -12,12 +12,15 @@ hold the pool to them):
 ``return_times`` (a view of the idle records, :class:`~psycopg2_pool.connection.ReturnTimes`),
 ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of reserved slots
 and ``_attempts`` (upkeep.py), ``_stats``, ``_discards``, ``_closed``, ``_announcers``,
-``_fast``'s counters and flag, and each record's ``state``, ``returning``, ``lent``,
-``since``, ``returned_at`` and ``key``. Both fast paths (an idle connection at hand; a
-return with nothing to do) take it once, for a handful of ``deque``/``dict`` operations:
-the critical sections of :mod:`psycopg2_pool.critical` (``_fast``, which also keeps the
-counters of checkouts and returns and the ``slow_return`` flag), one C call each where the
-package was built with its C part, else the same steps in Python.
+``_fast``'s counters and flag, ``_drains`` and ``_moving`` (replacement.py), and each
+record's ``state``, ``returning``, ``lent``, ``since``, ``returned_at``, ``key``,
+``doomed`` and ``expires`` (``drain()`` and a role change doom a checked-out record from
+another thread: ``doomed`` set, ``expires`` put in the past). Both fast paths (an idle
+connection at hand; a return with nothing to do) take it once, for a handful of
+``deque``/``dict`` operations: the critical sections of :mod:`psycopg2_pool.critical`
+(``_fast``, which also keeps the counters of checkouts and returns and the ``slow_return``
+flag), one C call each where the package was built with its C part, else the same steps
+in Python.
 The lock is never held across I/O (connecting, rolling back, closing, health checks) nor
 while a listener or a user callback runs, the announcement of collected connections
 included, and Python code takes it only with ``with``: a blocking acquire that a signal
@@ -35,12 +38,18 @@ all (the pool's, the scheduler's, a listener's), and no signal can cut it short.
 collector, and every snapshot first, settles the records whose connection is dead
 (:meth:`Upkeep._reclaim`, under the lock). Besides that, only *reads* are made without the
 lock, each to decide whether to take a path whose locked part checks again:
-``putconn`` reads the record's ``lent``/``since``, ``_fast.slow_return`` and the return's
-conditions to announce a plain return to checkin listeners before it locks; a checkout
+``putconn`` reads the record's ``lent``/``since``/``expires``, ``_fast.slow_return`` and
+the return's conditions to decide whether the return is plain (and announce it to checkin
+listeners before it locks); a record doomed after that read is caught under the lock,
+where the return's section refuses a doomed record and the slow path closes it. A plain
+return also reads, and writes, its record's ``role_due`` (only the returning thread
+touches it) and the server's reported role (``roles.FAST``); a checkout
 reads the ``returned_at`` of the OUT record it has just been lent (only the thread it is
 lent to writes it); a pooled connection's ``close()``
 (``close_returns``) reads the record's ``state``; the periodic tasks read and write
-``_periodic_due``, which only their own chain touches. The watchdog's disarm is one
+``_periodic_due``, which only their own chain touches; a background open reads ``_drains``
+as it begins (placing it compares again under the lock) and ``_moving`` as it ends (the
+role-restored check takes the lock). The watchdog's disarm is one
 ``dict.pop`` (:mod:`psycopg2_pool._watchdog`).
 
 **What may raise into the pool, where.** Listeners and the ``check``, ``reset`` and
@@ -764,8 +773,8 @@ class ConnectionPool(Replacement):
                             self._connecting - 1, self._opening - 1, _OUT, now, False)
                         rec.lent = self._records
                         self._records[rec.conn_id] = rec
-                        if rec.generation != self._drains:  # opened across a drain():
-                            self._mark_if_drained(rec)  # closed when it is returned
+                        self._mark_if_drained(rec)  # opened across a drain(): closed
+                        # when it is returned
                         self._ensure_opening()  # minconn, after a discard of this checkout
                         self._opened_one()
                     return self._checked_out(conn, opening, opened=True)
@@ -987,9 +996,9 @@ class ConnectionPool(Replacement):
         self._trim_opening()  # one waiter fewer: slots reserved for it and not started go
 
     def _settle(self, conn: Connection, rec: Record, now: float) -> None:
-        """A kept connection, checked out or new: to the first waiter, else idle (lock held)."""
-        if rec.generation != self._drains:
-            self._mark_if_drained(rec)
+        """A kept connection, checked out or new: to the first waiter, else idle (lock held).
+        Never a doomed one: its callers close those (a background open across a drain(),
+        a return of a drained or swept connection)."""
         waiter = self._first_waiter() if self._waiters else None
         if waiter is not None:
             self._hand_over(conn, rec, now, waiter)

@@ -263,8 +263,9 @@ class Replacement(Upkeep):
         return counts
 
     def _mark_if_drained(self, rec: Record) -> None:
-        """A kept or new connection opened before the last :meth:`drain` is doomed (lock
-        held): it goes at its next checkout instead of being used."""
+        """A connection a ``timeout=0`` caller opened for itself across a :meth:`drain` is
+        doomed (lock held): closed when it is returned instead of being kept. (A background
+        open across one is closed when placed: ``Upkeep._open_reserved``.)"""
         if rec.generation != self._drains and rec.doomed is None:
             rec.doomed, rec.expires = DiscardReason.DRAINED, -math.inf
 
