@@ -476,7 +476,9 @@ class ConnectionPool(Replacement):
                 self._claim_return(conn, None, key)  # raises
         now = monotonic()
         announced = False
-        # What only the returning thread can change is tested once, outside the lock.
+        # Tested once, outside the lock: what only the returning thread changes, and its
+        # record's expiry (drain() or a role change may doom it meanwhile: caught under the
+        # lock, see the rules).
         plain = key is None and not (close or now >= rec.expires
                                      or conn.get_transaction_status()
                                      or (self._role_param is not None
@@ -513,12 +515,7 @@ class ConnectionPool(Replacement):
                 self._claim_return(conn, rec, key)  # raises on misuse; forgets a key
             self._fast.returns += 1
             if plain and not self._fast.slow_return and rec.doomed is None:  # just keep it
-                waiter = self._first_waiter() if self._waiters else None
-                if waiter is not None:
-                    self._hand_over(conn, rec, now, waiter)
-                else:  # _settle, inlined
-                    rec.returned_at, rec.state, rec.lent = now, _IDLE_STATE, None  # then the deque
-                    self.idle_connections.append(conn)
+                self._settle(conn, rec, now)  # a waiter was queued (the section refused)
                 return
             rec.returning, rec.lent = True, None
             since = rec.since
