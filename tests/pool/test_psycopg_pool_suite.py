@@ -34,11 +34,9 @@ Not ported (the feature is not this pool's):
   test_connection_class);
 - test_reconnect_failure: ``reconnect_timeout``/``reconnect_failed``: this pool retries for
   ever (test_reconnect_after_grow_failed is ported without them);
-- test_close_returns, test_close_returns_custom_class, test_close_returns_custom_class_old,
-  test_close_returns_no_loop: ``close_returns=True`` (overriding ``close()`` is ported, as
-  test_override_close and test_override_close_no_loop_subclass);
-- test_get_config_rotates_connections, test_get_config_raise_exception: ``conninfo``/``kwargs``
-  given as callables;
+- test_close_returns_custom_class_old: psycopg < 3.3 refuses ``close_returns=True`` with a
+  ``connection_class``; this pool takes both, as psycopg 3.3 does
+  (test_close_returns_custom_class is ported);
 - test_pool.py's test_debug_deadlock: the same test as test_pool_common.py's, ported once.
 """
 
@@ -1593,6 +1591,55 @@ def test_override_close(make_pool: MakePool) -> None:
     assert conn.closed
 
 
+def test_close_returns(make_pool: MakePool) -> None:
+    with make_pool(2, close_returns=True) as p:
+        p.wait()
+        assert len(p.idle_connections) == 2
+        conn = p.getconn()
+        assert not conn.closed
+        assert len(p.idle_connections) == 1
+        conn.close()
+        assert not conn.closed
+        assert len(p.idle_connections) == 2
+
+    assert conn.closed
+
+
+class MyConnection(ext.connection):
+    pass
+
+
+def test_close_returns_custom_class(make_pool: MakePool) -> None:
+    with make_pool(2, connection_factory=MyConnection, close_returns=True) as p:
+        p.wait()
+        conn = p.getconn()
+        assert isinstance(conn, MyConnection)
+        assert not conn.closed
+        assert len(p.idle_connections) == 1
+        conn.close()
+        assert not conn.closed
+        assert len(p.idle_connections) == 2
+
+    assert conn.closed
+
+
+def test_close_returns_no_loop(make_pool: MakePool) -> None:
+    # As test_override_close_no_loop_subclass: the sleeps before "one idle connection" are
+    # polls, the pool replacing its expired idle connection in the background.
+    with make_pool(1, close_returns=True, max_lifetime=0.05) as p:
+        conn = p.getconn()
+        sleep(0.1)
+        assert len(p.idle_connections) == 0
+        sleep(0.1)  # wait for the connection to expire
+        conn.close()
+        assert wait_until(lambda: len(p.idle_connections) == 1, 1.0)
+        conn = p.getconn()
+        sleep(0.1)
+        assert len(p.idle_connections) == 0
+        conn.close()
+        assert wait_until(lambda: len(p.idle_connections) == 1, 1.0)
+
+
 def test_override_close_no_loop_subclass(make_pool: MakePool) -> None:
     # The fixed sleeps before each "one idle connection" are polls here: with max_lifetime
     # 0.05 s the pool replaces its idle connection in the background every 0.05 s
@@ -1609,3 +1656,100 @@ def test_override_close_no_loop_subclass(make_pool: MakePool) -> None:
         conn.close()
         assert wait_until(lambda: len(p.idle_connections) == 1, 1.0)
 
+
+@deliberate("the constructor calls the dsn and kwargs callables once, to check the options "
+            "and name the pool as it does fixed ones: 3 calls for 2 connections")
+def test_get_config_rotates_connections(make_pool: MakePool, dsn: str) -> None:
+    config_rotation_counter = 0
+
+    def rotating_config() -> str:
+        nonlocal config_rotation_counter
+        config_rotation_counter += 1
+        return dsn
+
+    app_names = ["app-1", "app-2"]
+    kwargs_counter = 0
+
+    def rotating_kwargs() -> dict[str, str]:
+        # Return a different application_name for each new connection
+        nonlocal kwargs_counter
+        kwargs_counter += 1
+        return {"application_name": app_names[kwargs_counter % len(app_names)]}
+
+    p = make_pool(2, dsn=rotating_config, kwargs=rotating_kwargs, max_lifetime=0.2)
+    p.wait()
+
+    # Make sure we created two connections (rotating_config called twice)
+    assert config_rotation_counter == 2
+
+    # Acquire both connections and check application_name
+    with p.getconn() as conn1, p.getconn() as conn2:
+        name1 = execute(conn1, "SHOW application_name").fetchone()
+        assert name1 is not None, "first call to SHOW application_name returned no rows"
+        assert name1[0] in app_names
+
+        name2 = execute(conn2, "SHOW application_name").fetchone()
+        assert name2 is not None, "second call to SHOW application_name returned no rows"
+        assert name2[0] in app_names
+
+        # Make sure that names are different.
+        assert name1 != name2
+
+
+@deliberate("the constructor calls the dsn callable once (to check the options): one that "
+            "raises there fails the constructor, a configuration error found at start; one "
+            "that raises later fails that attempt, as below", raises=RuntimeError)
+def test_get_config_raise_exception(make_pool: MakePool, caplog: Any) -> None:
+    def failing_conninfo() -> str:
+        raise RuntimeError("cannot build conninfo")
+
+    def failing_kwargs() -> dict[str, Any]:
+        raise RuntimeError("cannot build kwargs")
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    p = make_pool(1, dsn=failing_conninfo, kwargs=failing_kwargs, max_lifetime=0.1)
+    with pytest.raises(PoolTimeout):
+        p.wait(timeout=2.0)
+
+    # psycopg_pool logs a warning per "reconnection attempt"; this pool logs the outage once
+    # ("cannot open connections", naming the error), and retries with its backoff.
+    reconnection_warnings = [
+        rec for rec in caplog.records if "cannot open connections" in rec.message.lower()
+    ]
+    assert reconnection_warnings, "Expected reconnection attempt logs"
+    assert "cannot build conninfo" in reconnection_warnings[0].getMessage()
+    # Make sure that we saw not too many (backoff works)
+    assert len(reconnection_warnings) < 5, "Too many attempts (likely busyloop)"
+    assert p.get_stats()["connections_errors"] < 8, "Too many attempts (likely busyloop)"
+
+
+@pytest.mark.slow  # as upstream's: 2 s of retries
+def test_get_config_raise_exception_after_construction(make_pool: MakePool, dsn: str,
+                                                       caplog: Any) -> None:
+    """test_get_config_raise_exception, with a dsn callable that works at construction (the
+    check, then the first connection) and raises from then on: the replacement of the expired
+    connection fails, the pool retries with its backoff and logs the incident once."""
+    calls = 0
+
+    def failing_conninfo() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise RuntimeError("cannot build conninfo")
+        return dsn
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    p = make_pool(1, dsn=failing_conninfo, max_lifetime=0.1)
+    sleep(2.0)
+
+    # psycopg_pool logs a warning per "reconnection attempt"; this pool logs the outage once
+    # ("cannot open connections", naming the error), and retries with its backoff.
+    reconnection_warnings = [
+        rec for rec in caplog.records if "cannot open connections" in rec.getMessage()
+    ]
+    assert reconnection_warnings, "Expected reconnection attempt logs"
+    assert "cannot build conninfo" in reconnection_warnings[0].getMessage()
+    # Make sure that we saw not too many (backoff works)
+    assert len(reconnection_warnings) < 5, "Too many attempts (likely busyloop)"
+    assert 3 <= calls < 15, f"{calls} calls: too many attempts (likely busyloop)"
+    assert p.get_stats()["pool_available"] == 0
