@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, ClassVar
 
 import psycopg2.extras
@@ -82,7 +84,17 @@ class DatabaseWrapper(PostgreSQLWrapper):  # type: ignore[misc]
         return pools.POOLS.get_or_build(self.alias, params, build)
 
     def close_pool(self) -> None:
-        """Close this alias's pool, if built (the next connection builds a new one)."""
+        """Close this alias's pool, if built (the next connection builds a new one).
+
+        Except when Celery's Django fix-up asks: Celery 5.6+ closes Django's pool in each
+        prefork child at every task's start and end, so that a psycopg 3 pool, which a fork
+        breaks, is never shared with the parent (celery/celery#10554: the pool is rebuilt for
+        every task, a new server session each time). This pool survives a fork (the child
+        forgets the parent's connections) and the connection has just been returned, so it
+        stays open for the child's next tasks; its sessions end when the child exits.
+        """
+        if _called_by_celery(sys._getframe(1)):
+            return
         pools.POOLS.close(self.alias)
 
     def _session_setup(self) -> Callable[[Any], None]:
@@ -178,6 +190,11 @@ class DatabaseWrapper(PostgreSQLWrapper):  # type: ignore[misc]
         if self.in_atomic_block:
             self.closed_in_transaction = True
             self.needs_rollback = True
+
+
+def _called_by_celery(frame: FrameType | None) -> bool:
+    """Whether ``frame`` is Celery's Django fix-up (``celery.fixups.django``)."""
+    return frame is not None and frame.f_globals.get("__name__") == "celery.fixups.django"
 
 
 def _forget_in_child() -> None:

@@ -218,6 +218,22 @@ def test_closing_the_connection_returns_it(site: Site) -> None:
     connection.close()
 
 
+def test_close_pool_keeps_the_pool_when_celerys_fixup_asks(site: Site) -> None:
+    """Celery's Django fix-up calls close_pool() around every task in a prefork child
+    (celery/celery#10554); the pool stays. Any other caller closes it."""
+    from django.db import connections
+
+    connection = connections["unchecked"]
+    pool = connection.pool
+    fixup: dict[str, Any] = {"__name__": "celery.fixups.django"}
+    exec("def _close_database(conn):\n    conn.close()\n    conn.close_pool()\n", fixup)
+    fixup["_close_database"](connection)
+    assert connection.pool is pool and not pool.closed
+    connection.close_pool()
+    assert pool.closed
+    assert connection.pool is not pool  # the next connection builds a new one
+
+
 def test_without_the_pool_option_django_connects_itself(site: Site) -> None:
     from django.db import connections
 
