@@ -1,4 +1,4 @@
-"""The connection pool's core: checkout, return, waiting and hand-over.
+"""The connection pool's core: checkout and return.
 
 One implementation, thread-safe. Callers that find the pool exhausted queue in arrival order
 and are handed a connection directly by ``putconn`` or by a background open, so nobody
@@ -112,9 +112,11 @@ inherited socket at ``/dev/null`` and keeps the objects (:mod:`psycopg2_pool._fo
 The other parts, each in its module (none imports this one at run time):
 :mod:`~psycopg2_pool.critical` the fast paths' critical sections and their lock,
 :mod:`~psycopg2_pool.connection` the record of a connection and its states, what the caller
-holds, :mod:`~psycopg2_pool.options` the arguments' validation, :mod:`~psycopg2_pool.upkeep`
-opening, reconnecting, pruning, retiring and closing (a base class of the pool),
-:mod:`~psycopg2_pool.listeners` the listener registration and dispatch (its base),
+holds, :mod:`~psycopg2_pool.options` the arguments' validation, and the pool's base classes:
+:mod:`~psycopg2_pool.replacement` ``drain()``, ``check()`` and a role change,
+:mod:`~psycopg2_pool.waiting` the queue of waiters, the hand-over and a timed-out wait's
+error, :mod:`~psycopg2_pool.upkeep` opening, reconnecting, pruning, retiring and closing,
+:mod:`~psycopg2_pool.listeners` the listener registration and dispatch;
 :mod:`~psycopg2_pool.stats` the keys of ``get_stats()``.
 """
 
@@ -142,7 +144,6 @@ from ._watchdog import WATCHDOG
 from .arguments import Kwargs
 from .connection import CLOSING as _CLOSING
 from .connection import GONE as _GONE
-from .connection import IDLE as _IDLE_STATE
 from .connection import OUT as _OUT
 from .connection import (
     ConnectionContext,
@@ -160,9 +161,7 @@ from .errors import (
     IOTimeout,
     PoolClosed,
     PoolError,
-    PoolExhausted,
     ServerUnavailable,
-    TooManyRequests,
     one_line,
 )
 from .events import (
@@ -187,8 +186,9 @@ from .reconnect import FACTOR, INITIAL_DELAY, MAX_DELAY, NOT_ANSWERING
 from .replacement import Replacement
 from .scheduler import SCHEDULER
 from .stacks import stack as _stack
-from .stats import EXHAUSTED, REQUESTS_REFUSED, ROLLBACKS, TIMEOUTS, WAIT_TIME, WAITS
+from .stats import EXHAUSTED, ROLLBACKS, WAIT_TIME
 from .upkeep import AnnounceFork
+from .waiting import Waiter
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -206,20 +206,6 @@ _UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
 _INF = math.inf
 
 Connection = Any  # a psycopg2 connection opened by the pool
-
-
-class _Waiter:
-    """A getconn queued for a connection; ``putconn``, an open or ``close()`` fills a field
-    (under the pool's lock) and releases ``lock``, on which the waiting thread blocks outside
-    the pool's lock."""
-
-    __slots__ = ("conn", "error", "lock")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.conn: Connection = None  # a strong reference: the giver may drop its own
-        self.error: BaseException | None = None
 
 
 class ConnectionPool(Replacement):
@@ -317,7 +303,7 @@ class ConnectionPool(Replacement):
         # Every connection of the pool (IDLE, OUT, CLOSING) by id(): entered when a new one
         # is placed, left when it is gone; never replaced (each record holds it).
         self._records: dict[int, Record] = {}
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._keys: dict[Hashable, Connection] = {}
         self._size = 0  # open connections (closing ones too) + slots reserved for opening
         self._closing = 0  # connections being closed: their slots are free once closed
@@ -710,7 +696,7 @@ class ConnectionPool(Replacement):
             if not _collector.QUEUE.empty():  # slots of dropped connections: back first
                 self._reclaim()
             conn: Connection = None
-            waiter: _Waiter | None = None
+            waiter: Waiter | None = None
             error: Exception | None = None
             event: TimeoutEvent | None = None
             reserved = retry = False
@@ -735,7 +721,7 @@ class ConnectionPool(Replacement):
                             # a server that does not answer fails the caller as a waiter
                             # would).
                             started = monotonic()
-                            waiter, limit = _Waiter(), NOT_ANSWERING
+                            waiter, limit = Waiter(), NOT_ANSWERING
                             self._enqueue(waiter)
                         elif not rescanned:  # a connection dropped just now frees a slot
                             rescanned = retry = True
@@ -750,7 +736,7 @@ class ConnectionPool(Replacement):
                         if self.max_waiting and len(self._waiters) >= self.max_waiting:
                             error, event = self._refused()
                         else:
-                            waiter = _Waiter()
+                            waiter = Waiter()
                             self._enqueue(waiter)
                 # Outside the lock from here on: listeners may use the pool.
                 if event is not None:
@@ -907,155 +893,6 @@ class ConnectionPool(Replacement):
     def _closed_error(self) -> PoolClosed:
         return PoolClosed(f"the connection pool {self.name!r} is closed; getconn() cannot be "
                           f"used after close() — create a new pool")
-
-    # -- waiting and hand-over -------------------------------------------------------------
-    # A caller that may wait queues as a _Waiter; putconn and the background opens hand
-    # connections to the first in the queue, so nobody barges ahead of a waiter. The waiter
-    # blocks on its own lock, outside the pool's.
-
-    def _enqueue(self, waiter: _Waiter) -> None:
-        """Queue a waiter and start the opens it may need (lock held)."""
-        self._waiters.append(waiter)
-        self._stats[WAITS] += 1
-        self._ensure_opening()  # room in the pool: a background open serves the queue
-
-    def _first_waiter(self) -> _Waiter | None:
-        """The first waiter still to be served (lock held): one served already but left at
-        the head (a raise between its wake-up and its removal) is removed now."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters[0]
-            if waiter.conn is None and waiter.error is None:
-                return waiter
-            waiters.popleft()
-        return None
-
-    def _await(self, waiter: _Waiter, started: float, timeout: float) -> Connection:
-        """Wait, outside the lock, until ``waiter`` is served or ``timeout`` passes since
-        ``started``; the connection handed over (checked out for this caller)."""
-        deadline = started + timeout
-        event: TimeoutEvent | None = None
-        try:
-            while True:
-                remaining = deadline - monotonic()
-                if remaining > 0:  # (acquire refuses a timeout past threading.TIMEOUT_MAX)
-                    waiter.lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX))
-                with self._lock:
-                    if waiter.conn is not None or waiter.error is not None:
-                        break  # served (perhaps at the last moment)
-                    if monotonic() < deadline:
-                        continue
-                    if waiter in self._waiters:  # (a giver interrupted may have taken it)
-                        self._waiters.remove(waiter)
-                    self._trim_opening()
-                    _, event = self._timed_out(started, timeout)
-                break
-        except BaseException:  # interrupted: leave nothing behind
-            self._leave_queue(waiter)
-            raise
-        finally:
-            with self._lock:
-                self._stats[WAIT_TIME] += monotonic() - started
-        if event is not None:
-            if self._on_timeout:
-                self._emit(self._on_timeout, event)
-            raise event.error
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.conn
-
-    def _leave_queue(self, waiter: _Waiter) -> None:
-        """An interrupted waiter leaves the queue; a connection handed to it at the last
-        moment goes to the next waiter, or back to the idle deque (closed if the pool is)."""
-        now = monotonic()
-        with self._lock:
-            if waiter in self._waiters:  # (served and left at the head, possibly)
-                self._waiters.remove(waiter)
-                self._trim_opening()
-            conn, waiter.conn = waiter.conn, None
-            if conn is None or conn._pool_rec.state is not _OUT:
-                return
-            rec = conn._pool_rec
-            if not self._closed:
-                self._settle(conn, rec, now)
-                return
-            self._begin_close(rec)
-        self._close_connection(conn, rec, DiscardReason.POOL_CLOSED, now)
-
-    def _hand_over(self, conn: Connection, rec: Record, now: float, waiter: _Waiter) -> None:
-        """Give a kept (or new) connection to ``waiter``, the first to be served, checked
-        out (lock held)."""
-        rec.state, rec.returning, rec.since, rec.returned_at = _OUT, False, now, now
-        rec.lent = self._records
-        waiter.conn = conn  # the hand-over, done before any call: no raise can split it
-        waiter.lock.release()  # woken: a raise after this leaves it at the head, served
-        self._waiters.popleft()  # (it: nothing else changes the queue under the lock)
-        self._trim_opening()  # one waiter fewer: slots reserved for it and not started go
-
-    def _settle(self, conn: Connection, rec: Record, now: float) -> None:
-        """A kept connection, checked out or new: to the first waiter, else idle (lock held).
-        Never a doomed one: its callers close those (a background open across a drain(),
-        a return of a drained or swept connection)."""
-        waiter = self._first_waiter() if self._waiters else None
-        if waiter is not None:
-            self._hand_over(conn, rec, now, waiter)
-            return
-        rec.returned_at, rec.state, rec.returning, rec.lent = now, _IDLE_STATE, False, None
-        self.idle_connections.append(conn)
-
-    def _timed_out(self, started: float, timeout: float) -> tuple[Exception, TimeoutEvent]:
-        """The error of a waiter whose timeout passed (lock held): the server could not be
-        reached (connects failing, or not answering), else the pool is exhausted."""
-        backoff = self._backoff
-        now = monotonic()
-        oldest = min(self._attempts.values(), default=now)
-        waited = now - started
-        # An attempt that ran for (nearly) the whole wait, or NOT_ANSWERING seconds, has not
-        # been answered: say so, rather than blame checked-out connections that may be none.
-        silent = min(NOT_ANSWERING, max(0.25, 0.9 * waited))
-        if not backoff.failing and now - oldest < silent:
-            return self._exhausted(started, timeout)  # connects work, if slower than timeout
-        self._stats[TIMEOUTS] += 1
-        if backoff.failing:
-            cause = backoff.describe(now)
-        else:
-            cause = (f"the server has not answered a connection attempt for {now - oldest:.3g} s "
-                     f"({self._connect_bound})")
-        error = ServerUnavailable(
-            f"could not connect to the server of pool {self.name!r}: {cause}. getconn() waited "
-            f"{waited:.3g} s (timeout={timeout:g} s); the pool keeps trying in the background. "
-            f"Check that the server is up and reachable, or pass timeout= to wait longer.",
-            waited=waited, timeout=timeout, attempts=backoff.failures,
-            unavailable_for=backoff.unavailable_for(now))
-        error.__cause__ = backoff.last_error
-        return error, TimeoutEvent(self, waited, timeout, error)
-
-    def _exhausted(self, started: float, timeout: float) -> tuple[Exception, TimeoutEvent]:
-        """The exhaustion error and its event (lock held; the caller announces it unlocked)."""
-        waited = monotonic() - started if timeout > 0 else 0.0
-        in_use = self._size - len(self.idle_connections) - self._opening - self._closing
-        self._stats[TIMEOUTS] += 1
-        queued = len(self._waiters)
-        wait_text = (f"waited {waited:.3g} s (timeout={timeout:g} s)" if timeout > 0 else
-                     "did not wait (timeout=0)")
-        error = PoolExhausted(
-            f"no more connections in the pool {self.name!r}: maxconn={self.maxconn:g}, "
-            f"{in_use} in use, {self._opening} opening, {queued} other request(s) waiting; "
-            f"{wait_text}. Return every connection (use `with pool.connection() as conn:` "
-            f"or putconn() in a finally block), raise maxconn, or pass timeout= to wait longer.",
-            maxconn=self.maxconn, in_use=in_use, waited=waited, timeout=timeout)
-        return error, TimeoutEvent(self, waited, timeout, error)
-
-    def _refused(self) -> tuple[Exception, TimeoutEvent]:
-        """The error of a caller refused because ``max_waiting`` wait already (lock held)."""
-        in_use = self._size - len(self.idle_connections) - self._opening - self._closing
-        self._stats[REQUESTS_REFUSED] += 1
-        error = TooManyRequests(
-            f"the pool {self.name!r} refused the request: max_waiting={self.max_waiting} "
-            f"requests are already waiting for a connection (maxconn={self.maxconn:g}, "
-            f"{in_use} in use). Retry later, shed load, or raise max_waiting or maxconn.",
-            maxconn=self.maxconn, in_use=in_use, waited=0.0, timeout=self._timeout)
-        return error, TimeoutEvent(self, 0.0, self._timeout, error)
 
     # -- return ----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from .connection import CLOSING, IDLE, OUT, Record, closed_reason
 from .events import DiscardReason, RoleChangeEvent, RoleRestoredEvent
 from .scheduler import SCHEDULER
 from .stats import ROLE_CHANGES
-from .upkeep import Upkeep
+from .waiting import Waiting
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -69,7 +69,7 @@ class CloseReplaced:
             pool._close_all(conns, self.reason)  # and opens their replacements
 
 
-class Replacement(Upkeep):
+class Replacement(Waiting):
     """``drain()``, ``check()`` and the replacement of a server's connections (a base of
     the pool, like :class:`~.upkeep.Upkeep`; "(lock held)" as there)."""
 
@@ -149,10 +149,9 @@ class Replacement(Upkeep):
         """A connection :meth:`check` kept: to the first waiter, else idle again as it was,
         at the left end of the deque with the time it had been returned, so that a
         periodic ``check()`` never keeps a connection from ``idle_timeout`` (lock held)."""
-        pool = self._as_pool()
-        waiter = pool._first_waiter() if self._waiters else None
+        waiter = self._first_waiter() if self._waiters else None
         if waiter is not None:
-            pool._hand_over(conn, rec, monotonic(), waiter)
+            self._hand_over(conn, rec, monotonic(), waiter)
             return
         rec.returned_at, rec.state, rec.returning, rec.lent = returned, IDLE, False, None
         self.idle_connections.appendleft(conn)  # marked, then in the deque

@@ -27,8 +27,8 @@ What the tasks run is :class:`Upkeep`, a base class of
 :class:`~psycopg2_pool.pool.ConnectionPool`: keeping the pool at its size, i.e. reserving slots
 and opening connections into them (in a task, or on the caller's thread for ``__init__`` and
 a ``timeout=0`` checkout), the reconnect backoff, pruning and retiring, and closing what
-leaves the pool. The pool's core (:mod:`psycopg2_pool.pool`: checkout, return, waiting and
-hand-over) decides where a new connection goes (:meth:`Upkeep._settle`).
+leaves the pool. Where a new connection goes, to a waiter or the idle deque, is decided in
+:mod:`psycopg2_pool.waiting` (:meth:`Upkeep._settle`).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class Upkeep(Listeners):
 
     def _settle(self, conn: Connection, rec: Record, now: float) -> None:
         """Where a kept or new connection goes: to the first waiter, else idle (lock held).
-        The core's decision (hand-over), implemented by the pool."""
+        The core's decision (hand-over), implemented in :mod:`~psycopg2_pool.waiting`."""
         raise NotImplementedError  # pragma: no cover
 
     def _forget(self, rec: Record) -> None:
