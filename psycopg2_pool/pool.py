@@ -183,7 +183,7 @@ from .options import (
     sizes,
 )
 from .reconnect import FACTOR, INITIAL_DELAY, MAX_DELAY, NOT_ANSWERING
-from .replacement import Replacement
+from .replacement import CloseReplaced, Replacement
 from .scheduler import SCHEDULER
 from .stacks import stack as _stack
 from .stats import EXHAUSTED, ROLLBACKS, WAIT_TIME
@@ -297,6 +297,7 @@ class ConnectionPool(Replacement):
         self._role_param, self._role_sign = _roles.FAST.get(self.role or "", (None, None))
         self._drains = 0  # drain() calls: a connection opened before the last is not used
         self._moving: tuple[str, float] | None = None  # a role change not yet moved away from
+        self._replacing: list[CloseReplaced] = []  # closes of a role change, not run yet
         self._factory = pooled_class(factory)
         self._open_signals: list[threading.Lock] = []  # wait()'s: released at each open
         # Checked-out connections' records, by id(); never replaced: each record holds it.
@@ -584,8 +585,14 @@ class ConnectionPool(Replacement):
             conns = self._take_idle()
             in_use = self._close_books()
             announce, self._close_announced = not self._close_announced, True
+            replacing, self._replacing = self._replacing, []
+            replaced = [(task.conns, task.reason) for task in replacing]
+            for task in replacing:
+                task.conns = []
         SCHEDULER.unregister(self)
         _forking.untrack(self)
+        for taken, reason in replaced:  # a role change's closes the scheduler now drops
+            self._close_all(taken, reason)
         self._close_all(conns, DiscardReason.POOL_CLOSED)
         if announce and self._on_close:
             self._emit(self._on_close, CloseEvent(self, in_use))
@@ -1060,6 +1067,7 @@ class ConnectionPool(Replacement):
         self._fast.requests, self._fast.returns = fast.requests, fast.returns
         self._fast.slow_return = fast.slow_return
         self._open_signals = []
+        self._replacing = []  # their connections are the parent's: forgotten below
         recs = [rec for rec in self._records.values() if rec.state is not _GONE]
         pairs = [(c, rec) for rec in recs if (c := rec.ref()) is not None]
         conns = [c for c, _ in pairs]

@@ -64,9 +64,13 @@ class CloseReplaced:
 
     def run(self) -> None:
         pool = self.pool_ref()
-        conns, self.conns = self.conns, []
-        if pool is not None:
-            pool._close_all(conns, self.reason)  # and opens their replacements
+        if pool is None:
+            return
+        with pool._lock:  # close() may take them first
+            conns, self.conns = self.conns, []
+            if self in pool._replacing:
+                pool._replacing.remove(self)
+        pool._close_all(conns, self.reason)  # and opens their replacements
 
 
 class Replacement(Waiting):
@@ -79,6 +83,7 @@ class Replacement(Waiting):
     _role_sign: str | None
     role: str | None
     idle_connections: Any
+    _replacing: list[CloseReplaced]  #: CloseReplaced tasks not run yet (lock)
 
     def drain(self) -> None:
         """Replace every connection: idle ones are closed now, checked-out ones when they
@@ -187,6 +192,14 @@ class Replacement(Waiting):
                 doomed += 1
         return doomed
 
+    def _close_later(self, conns: list[Connection], reason: str) -> None:
+        """Close ``conns`` (taken out of use, CLOSING) in the background; :meth:`close`
+        closes them itself if it comes first (the scheduler drops a closed pool's tasks)."""
+        task = CloseReplaced(self, conns, reason)
+        with self._lock:
+            self._replacing.append(task)
+        SCHEDULER.call_soon(task)
+
     def _role_changed(self, conn: Connection, rec: Record) -> str:
         """``conn`` (checked out, its slot still the caller's) is on a server that lost the
         pool's role: replace every connection to that server; the discard reason for it."""
@@ -204,7 +217,7 @@ class Replacement(Waiting):
                 self._moving = (server, noticed)
         finally:  # a raise inside still has what was taken out of use closed
             if conns:
-                SCHEDULER.call_soon(CloseReplaced(self, conns, reason))
+                self._close_later(conns, reason)
         reported = _roles.describe(conn)
         logger.warning("pool %r: server %s no longer has the role target_session_attrs=%s "
                        "asks for (it reports %s): replacing its connections (%d idle now, "

@@ -317,3 +317,26 @@ def test_check_keeps_the_idle_order(make_pool: MakePool) -> None:
     before = [(id(c), c._pool_rec.returned_at) for c in pool.idle_connections]
     pool.check()
     assert [(id(c), c._pool_rec.returned_at) for c in pool.idle_connections] == before
+
+
+def test_close_closes_what_a_role_change_left_for_its_task(make_pool: MakePool) -> None:
+    """A role change takes the server's idle connections out of use and leaves them to a
+    background task (CloseReplaced); a close() that comes before the task runs closes them
+    itself, under the role change's reason (the scheduler drops a closed pool's tasks)."""
+    from psycopg2_pool.replacement import CloseReplaced
+
+    pool = make_pool(2, 2)
+    taken: list[Any] = []
+    with pool._lock:  # what _role_changed does, the task not run yet
+        pool._doom(lambda rec: True, DiscardReason.ROLE_CHANGED, taken)
+        task = CloseReplaced(pool, taken, DiscardReason.ROLE_CHANGED)
+        pool._replacing.append(task)
+    assert len(taken) == 2
+    pool.close()
+    assert all(conn.closed for conn in taken)
+    stats = pool.get_stats()
+    assert stats["discarded_role_changed"] == 2
+    assert stats["discarded_interrupted"] == 0 and stats["discarded_garbage_collected"] == 0
+    assert stats["pool_size"] == 0
+    task.run()  # late: nothing left to close, nothing counted twice
+    assert pool.get_stats()["discarded_role_changed"] == 2
