@@ -196,9 +196,10 @@ class Replacement(Waiting):
         """Close ``conns`` (taken out of use, CLOSING) in the background; :meth:`close`
         closes them itself if it comes first (the scheduler drops a closed pool's tasks)."""
         task = CloseReplaced(self, conns, reason)
+        SCHEDULER.call_soon(task)  # first: a raise after this leaves the task to close them
         with self._lock:
-            self._replacing.append(task)
-        SCHEDULER.call_soon(task)
+            if task.conns:  # not run yet
+                self._replacing.append(task)
 
     def _role_changed(self, conn: Connection, rec: Record) -> str:
         """``conn`` (checked out, its slot still the caller's) is on a server that lost the
