@@ -438,6 +438,30 @@ def test_instrument_from_settings_records_metrics(site: Site) -> None:
     assert point(metrics[names.MAX], {names.POOL_NAME: pool.name}).value == 2
 
 
+def test_instrument_from_settings_traces_checkouts_in_a_request(site: Site) -> None:
+    """Inside a trace (a request's span, from the WSGI or Django instrumentation), a checkout
+    worth a look, here one that waits for a new connection, has its getconn span as a child
+    of the request's: no code beyond the settings."""
+    from django.db import connections
+
+    from telemetry import names
+
+    settle(pool_of("instrumented"))
+    pool_of("instrumented").drain()  # nothing idle: the checkout waits for an open
+    tracer = site.otel.tracer_provider.get_tracer("tests")
+    with tracer.start_as_current_span("GET /orders/") as request:
+        with connections["instrumented"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections["instrumented"].close()
+    spans = site.otel.spans(names.SPAN_GETCONN)
+    ours = [span for span in spans
+            if span.parent is not None and span.parent.span_id == request.context.span_id]
+    assert len(ours) == 1, spans
+    assert ours[0].attributes[names.POOL_NAME] == pool_of("instrumented").name
+    assert ours[0].attributes[names.SPAN_OUTCOME] == "acquired"
+    assert ours[0].attributes[names.SPAN_WAITED] is True
+
+
 def line_of(marker: str) -> int:
     for number, line in enumerate(VIEWS.read_text().splitlines(), start=1):
         if line.rstrip().endswith(f"# {marker}"):
