@@ -31,7 +31,7 @@ import psycopg2
 import pytest
 
 from tests.frameworks.test_django import django_settings
-from tests.support.system import REQUIRE_BINARIES_ENV
+from tests.support.system import require_package
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TASKS = 40
 CHILDREN = 2
 MAXCONN = 2
-
-
-def require_celery() -> Any:
-    try:
-        import celery
-    except ImportError:
-        message = ("Celery is not installed (the `test` extra has it: "
-                   "python3 -m pip install -e '.[test]', as .ci/run does)")
-        if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
-            pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
-        pytest.skip(message)
-    return celery
 
 
 SETTINGS = """\
@@ -110,7 +98,7 @@ class Worker(NamedTuple):
 
 @pytest.fixture
 def worker(dsn: str, tmp_path: Path) -> Iterator[Worker]:
-    celery = require_celery()
+    celery = require_package("celery", "Celery")
     admin = psycopg2.connect(dsn)
     admin.autocommit = True
     suffix = uuid.uuid4().hex[:10]

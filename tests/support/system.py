@@ -1,11 +1,13 @@
 """What a test needs of the machine: the environment variables the suite reads, a free port,
-a system binary (skipped when absent, failed under .ci/run)."""
+a system binary or a package of the test extra (skipped when absent, failed under .ci/run)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,19 @@ def require_binary(name: str, package: str | None = None) -> str:
     if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
         pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
     pytest.skip(message)
+
+
+def require_package(module: str, name: str) -> Any:
+    """A Python package of the ``test`` extra a test needs (imported); skip (or fail, under
+    .ci/run) when absent. ``name``: what the message calls it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        message = (f"{name} is not installed (the `test` extra has it: "
+                   f"python3 -m pip install -e '.[test]', as .ci/run does)")
+        if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
+            pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
+        pytest.skip(message)
 
 
 def free_port() -> int:
