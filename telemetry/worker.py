@@ -3,7 +3,14 @@
 Flushing buffered latencies into the OpenTelemetry SDK (~5 µs a value) and scanning for
 leaks must stay off ``getconn``/``putconn``. Rather than a thread per pool or a timer per
 checkout, every instrumented pool registers its tasks here; the thread starts with the first
-task, stops when the last is removed, and is recreated in a forked child on demand.
+task and stops when the last is removed.
+
+Fork: a pool instrumented before ``os.fork()`` (built in gunicorn's master under
+``--preload``) keeps its tasks in the child, but not the thread that ran them; without one the
+child's leaks would never be reported. So the child starts its own thread at once when tasks
+are registered. The parent's thread cannot be inside a task at the fork: each round of tasks
+holds a lock that the fork takes first, so that no lock a task takes (the leak detector's, the
+SDK's histograms') is left held in the child by a thread that is not there.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class Worker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: Held by each round of tasks, and across os.fork() (see the module docstring).
+        self._running = threading.Lock()
 
     def add(self, task: Task) -> int:
         """Register a task (a bound method: held weakly); returns a handle for :meth:`remove`.
@@ -74,6 +83,23 @@ class Worker:
             self._thread = None
             self._wake = threading.Event()
 
+    def _before_fork(self) -> None:
+        self._running.acquire()  # waits for a round under way: at most one round's time
+
+    def _after_fork_in_parent(self) -> None:
+        self._running.release()
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh locks (the parent's may be held by its threads, which are not here), and
+        a thread of the child's own if tasks were registered before the fork."""
+        self._lock = threading.Lock()
+        self._running = threading.Lock()
+        self._reset_after_fork()
+        if self._tasks:
+            self._thread = threading.Thread(target=self._run, name="psycopg2_pool-telemetry",
+                                            daemon=True)
+            self._thread.start()
+
     def _run(self) -> None:
         wake = self._wake
         while True:
@@ -89,11 +115,12 @@ class Worker:
                 if not tasks:
                     self._thread = None
                     return
-            for task in tasks:
-                try:
-                    task()
-                except Exception:
-                    logger.exception("telemetry background task %r failed", task)
+            with self._running:
+                for task in tasks:
+                    try:
+                        task()
+                    except Exception:
+                        logger.exception("telemetry background task %r failed", task)
             if wake.wait(max(0.0, self.interval - (monotonic() - started))):
                 with self._lock:
                     if not self._tasks:
@@ -104,3 +131,5 @@ class Worker:
 
 #: The process-wide worker.
 WORKER = Worker()
+os.register_at_fork(before=WORKER._before_fork, after_in_parent=WORKER._after_fork_in_parent,
+                    after_in_child=WORKER._after_fork_in_child)
