@@ -6,5 +6,6 @@ fixtures are in tests/conftest.py.
 - ``system``: environment variables, free ports, system binaries;
 - ``errors``: everything an exception shows;
 - ``faults``: a PostgreSQL of a module's own and a proxy that hangs;
-- ``bouncer``: a real PgBouncer in front of the test server.
+- ``bouncer``: a real PgBouncer in front of the test server;
+- ``gunicorn``: real gunicorn and Prometheus, the docs' recipes, the dashboard's queries.
 """
