@@ -8,4 +8,6 @@ urlpatterns = [
     path("pid/<str:alias>/", views.pid),
     path("count/<str:alias>/", views.count),
     path("hold/<str:alias>/", views.hold),
+    path("", views.worker),
+    path("visit/", views.visit),
 ]
