@@ -220,8 +220,26 @@ _by_meter_lock = threading.Lock()
 
 
 def _instruments(meter: Meter) -> _SharedInstruments:
+    """The instruments of ``meter``, made on its first pool.
+
+    A meter of OpenTelemetry's global proxy (got before a meter provider was set: a pool
+    built in gunicorn's master under ``--preload``) and the provider's meter it forwards to
+    once one is set make the same SDK instruments, which keep the first callbacks of an
+    observable instrument only. So both share one set: a second set's callbacks would never
+    run, and its pools would show no gauges nor, being flushed by those callbacks, latencies.
+    """
+    real = _real(meter)
     with _by_meter_lock:
-        shared = _by_meter.get(meter)
+        shared = _by_meter.get(real)
+        if shared is None:  # made through a proxy that now forwards to this meter?
+            shared = next((s for key, s in _by_meter.items() if _real(key) is real), None)
         if shared is None:
-            shared = _by_meter[meter] = _SharedInstruments(meter)
+            shared = _SharedInstruments(meter)
+        _by_meter[real] = shared
         return shared
+
+
+def _real(meter: Meter) -> Meter:
+    """The meter a global proxy's meter forwards to once a provider is set, else itself."""
+    forwards: Meter | None = getattr(meter, "_real_meter", None)  # the API's _ProxyMeter
+    return forwards if forwards is not None else meter

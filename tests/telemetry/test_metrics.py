@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -178,6 +182,55 @@ def test_global_providers_without_sdk_cost_nothing_and_work(pool: ConnectionPool
     handle.flush()
     assert pool.get_stats()["listener_errors"] == 0
     handle.uninstrument()
+
+
+#: In a fresh interpreter (the global meter provider is set once per process): a pool
+#: instrumented through OpenTelemetry's global proxy, before a provider is set (gunicorn's
+#: master under --preload), then, with sys.argv[2] == "closed", closed; then the provider
+#: set (a worker's post_fork) and a second pool instrumented through it.
+GLOBAL_PROXY = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from psycopg2_pool import ConnectionPool
+from telemetry import instrument, names
+
+before = ConnectionPool(0, 2, dsn=sys.argv[1], name="before")
+instrument(before, leak_threshold=None)
+if sys.argv[2] == "closed":
+    before.close()
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+after = ConnectionPool(0, 3, dsn=sys.argv[1], name="after")
+instrument(after, leak_threshold=None)
+after.putconn(after.getconn())
+seen = {}
+data = reader.get_metrics_data()
+for resource in data.resource_metrics if data else ():
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            for data_point in metric.data.data_points:
+                pool = data_point.attributes[names.POOL_NAME]
+                seen.setdefault(metric.name, set()).add(pool)
+print(*(sorted(seen.get(name, ())) for name in (names.MAX, names.COUNT, names.USE_TIME)))
+"""
+
+
+@pytest.mark.parametrize("first", ["open", "closed"])
+def test_pools_instrumented_before_and_after_the_global_provider_is_set(
+        dsn: str, first: str) -> None:
+    """The proxy's instruments and the provider's are the same SDK instruments, which keep
+    the first callbacks of an observable instrument only: a pool instrumented after the
+    provider was set must still be observed, whether the first pool lives on or not."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    result = subprocess.run([sys.executable, "-c", GLOBAL_PROXY, dsn, first], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    both = "['after', 'before']" if first == "open" else "['after']"
+    assert result.stdout.strip() == f"{both} {both} ['after']", result.stdout
 
 
 def test_an_unreachable_server_shows_as_an_outage(otel: Otel) -> None:
