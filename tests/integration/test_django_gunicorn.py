@@ -2,11 +2,14 @@
 settings and gunicorn.conf.py of docs/frameworks.md ("Under gunicorn") taken from the docs, a
 real Prometheus scraping both workers, and a PostgreSQL of the module's own to restart.
 
-The app is tests/frameworks/djangoapp. Its ``wsgi.py`` queries the database as it is
-imported, as an app that loads its configuration at start-up does: so the pool is built and
-instrumented in gunicorn's master, before the fork, the case that needs the most of the
-backend and the telemetry (each worker must forget the inherited connection, report through
-the meter provider post_fork sets, and run its own leak detector).
+The app is tests/frameworks/djangoapp, run three ways: as Django's ``wsgi.py`` leaves it, the
+pool is built in each worker by its first request; with a query as ``wsgi.py`` is imported (an
+app that loads its configuration at start-up), it is built and instrumented in gunicorn's
+master, before the fork, the case that needs the most of the backend and the telemetry: each
+worker must forget the inherited connection, report through the meter provider post_fork
+sets, and run its own leak detector; and built in the master then closed there
+(``connection.close_pool()``, as docs/frameworks.md suggests), so that each worker builds and
+instruments a pool of its own after the master instrumented one.
 """
 
 from __future__ import annotations
@@ -60,8 +63,7 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 """
 
-#: Django's wsgi.py, and a query at import (see the module docstring), its connection
-#: returned as the end of a request would.
+#: Django's wsgi.py.
 WSGI = """
 import os
 
@@ -70,7 +72,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 from django.core.wsgi import get_wsgi_application
 
 application = get_wsgi_application()
-
+"""
+#: A query as wsgi.py is imported (see the module docstring), its connection returned as
+#: the end of a request would.
+START_UP_QUERY = """
 from django.db import connection
 
 from tests.frameworks.djangoapp.models import Item
@@ -78,10 +83,14 @@ from tests.frameworks.djangoapp.models import Item
 Item.objects.exists()
 connection.close()
 """
+#: Where the pool is built: the three ways the site runs.
+IN_WORKERS, IN_MASTER, CLOSED_IN_MASTER = (
+    "pool-in-workers", "pool-in-master", "pool-closed-in-master")
 
 
 @dataclass
 class Site:
+    built: str
     http: int
     metrics: int
     log: Path
@@ -95,8 +104,14 @@ class Site:
         return {f"127.0.0.1:{self.metrics}", f"127.0.0.1:{self.metrics + 1}"}
 
 
+@pytest.fixture(scope="module", params=[IN_WORKERS, IN_MASTER, CLOSED_IN_MASTER])
+def built(request: pytest.FixtureRequest) -> str:
+    """Where the pool is built (the restart test asks for one only)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def ports() -> tuple[int, int]:
+def ports(built: str) -> tuple[int, int]:
     """gunicorn's port, and the first of the two workers' metrics ports."""
     return free_port(), free_port_pair()
 
@@ -110,26 +125,29 @@ def scraper(ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory) ->
         yield url
 
 
-def project(directory: Path, dbname: str) -> None:
+def project(directory: Path, dbname: str, built: str) -> None:
     """settings.py (the docs' block, on the module's server, with a short leak threshold),
     wsgi.py and the docs' gunicorn.conf.py."""
     settings = recipe("frameworks.md", "# settings.py")
     settings = replaced(settings, '"NAME": "app"', f'"NAME": {dbname!r}')
     settings = replaced(settings, '"leak_threshold": 30', f'"leak_threshold": {LEAK_THRESHOLD}')
     (directory / "settings.py").write_text(settings + PROJECT_SETTINGS)
-    (directory / "wsgi.py").write_text(WSGI)
+    wsgi = WSGI + ("" if built == IN_WORKERS else START_UP_QUERY)
+    if built == CLOSED_IN_MASTER:
+        wsgi += "connection.close_pool()\n"
+    (directory / "wsgi.py").write_text(wsgi)
     (directory / "gunicorn.conf.py").write_text(recipe("frameworks.md", "# gunicorn.conf.py"))
 
 
 @pytest.fixture(scope="module")
-def site(server: OwnServer, ports: tuple[int, int], scraper: str,
+def site(server: OwnServer, built: str, ports: tuple[int, int], scraper: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The project under ``gunicorn -c gunicorn.conf.py wsgi``, the tables migrated first (a
     deploy's step)."""
     from psycopg2.extensions import parse_dsn
 
     app = tmp_path_factory.mktemp("djangosite")
-    project(app, server.dbname)
+    project(app, server.dbname, built)
     http, metrics = ports
     libpq = {f"PG{key.upper()}": value for key, value in parse_dsn(server.uri).items()
              if key in ("host", "port", "user") and value}
@@ -141,7 +159,7 @@ def site(server: OwnServer, ports: tuple[int, int], scraper: str,
     assert migrated.returncode == 0, migrated.stderr
     log = app / "gunicorn.log"
     with gunicorn(["-c", "gunicorn.conf.py", "wsgi"], app, env, http, metrics, log):
-        yield Site(http, metrics, log, server)
+        yield Site(built, http, metrics, log, server)
 
 
 @dataclass
@@ -190,8 +208,9 @@ class Load:
 
 @pytest.mark.slow  # real services: .ci/run runs it
 def test_both_workers_on_the_dashboard(site: Site, scraper: str) -> None:
-    """Every panel query of the shipped dashboard returns data for both workers' pools, and
-    each worker forgot the connection of the pool built in the master (a ``fork`` discard)."""
+    """Every panel query of the shipped dashboard returns data for both workers' pools; a
+    pool built in the master and kept left each worker its inherited connection to forget
+    (a ``fork`` discard), and none otherwise."""
     with Load(site) as load:
         wait_for_rates(scraper, len(site.instances))
         check_dashboard(scraper, site.instances)
@@ -199,7 +218,8 @@ def test_both_workers_on_the_dashboard(site: Site, scraper: str) -> None:
     assert {r.worker for r in load.requests} == set(worker_ports(site.log))
     forks = query(scraper, 'psycopg2_pool_connection_discards_total{job="web", '
                            'psycopg2_pool_discard_reason="fork"} >= 1')
-    assert {r["metric"]["instance"] for r in forks} == site.instances
+    assert {r["metric"]["instance"] for r in forks} == (
+        site.instances if site.built == IN_MASTER else set())
 
 
 def shown(path: Path, cwd: Path) -> str:
@@ -210,6 +230,7 @@ def shown(path: Path, cwd: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", [IN_WORKERS, IN_MASTER], indirect=True)
 def test_a_leak_is_reported_with_the_views_line(site: Site, scraper: str) -> None:
     """A request whose background work keeps its connection: the worker that served it logs
     the leak with the line that took the connection, and counts it on its own metrics."""
@@ -234,6 +255,7 @@ def test_a_leak_is_reported_with_the_views_line(site: Site, scraper: str) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("built", [IN_MASTER], indirect=True)  # either: once is enough
 def test_a_server_restart_costs_only_the_requests_in_flight(site: Site) -> None:
     """``pg_ctl restart -m fast`` under load from as many clients as gunicorn has threads:
     the requests that fail are among those in flight while the server restarted, at most
