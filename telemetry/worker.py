@@ -38,8 +38,9 @@ class Worker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        #: Held by each round of tasks, and across os.fork() (see the module docstring).
-        self._running = threading.Lock()
+        #: Held by each round of tasks, and across os.fork() (see the module docstring);
+        #: reentrant, for a task that forks.
+        self._running = threading.RLock()
 
     def add(self, task: Task) -> int:
         """Register a task (a bound method: held weakly); returns a handle for :meth:`remove`.
@@ -93,7 +94,7 @@ class Worker:
         """Fresh locks (the parent's may be held by its threads, which are not here), and
         a thread of the child's own if tasks were registered before the fork."""
         self._lock = threading.Lock()
-        self._running = threading.Lock()
+        self._running = threading.RLock()
         self._reset_after_fork()
         if self._tasks:
             self._thread = threading.Thread(target=self._run, name="psycopg2_pool-telemetry",
