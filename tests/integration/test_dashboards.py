@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ import pytest
 
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from telemetry import instrument, names
+from tests.support.gunicorn import get, query
+from tests.support.gunicorn import prometheus as run_prometheus
 from tests.support.system import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,8 +117,7 @@ def test_alert_rules_check_and_unit_tests() -> None:
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+    return json.loads(get(url, timeout=10))
 
 
 @pytest.fixture
@@ -138,37 +138,12 @@ def exporter() -> Iterator[tuple[Any, int]]:
 
 @pytest.fixture
 def prometheus(exporter: tuple[Any, int], tmp_path: Path) -> Iterator[str]:
-    binary = require_binary("prometheus")
     _, target_port = exporter
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: app\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None, "prometheus exited"
-                assert time.monotonic() < deadline, "prometheus did not become ready"
-                time.sleep(0.2)
+    scrape = ("scrape_configs:\n  - job_name: app\n    static_configs:\n"
+              f"      - targets: ['127.0.0.1:{target_port}']\n")
+    with run_prometheus(scrape, tmp_path / "data", tmp_path / "prometheus.log",
+                        interval="1s") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
 def load(pool: ConnectionPool, stop: threading.Event, seed: int) -> None:
@@ -183,12 +158,6 @@ def load(pool: ConnectionPool, stop: threading.Event, seed: int) -> None:
             cur.execute("SELECT 1")
         time.sleep(rng.uniform(0, 0.02))
         pool.putconn(conn, close=rng.random() < 0.05)
-
-
-def query(url: str, expr: str) -> list[Any]:
-    data = get_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-    assert data["status"] == "success", (expr, data)
-    return list(data["data"]["result"])
 
 
 def substitute(expr: str, pool: str) -> str:

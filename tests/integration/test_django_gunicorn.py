@@ -43,6 +43,7 @@ from tests.support.gunicorn import (
     query,
     recipe,
     replaced,
+    require_gunicorn,
     wait_for_rates,
     worker_ports,
 )
@@ -120,6 +121,7 @@ def ports(built: str) -> tuple[int, int]:
 def scraper(ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus with the production guide's prometheus.yml on this test's ports
     (started first: its first scrape takes a while)."""
+    require_gunicorn()
     tmp = tmp_path_factory.mktemp("prometheus")
     with prometheus(production_scrape(ports[1]), tmp / "data", tmp / "prometheus.log") as url:
         yield url

@@ -22,6 +22,7 @@ from tests.support.gunicorn import (
     prometheus,
     query,
     recipe,
+    require_gunicorn,
     substitute,
     wait_for_rates,
 )
@@ -54,6 +55,7 @@ def site(dsn: str, ports: tuple[int, int], tmp_path: Path) -> Iterator[tuple[int
 def scraper(ports: tuple[int, int], tmp_path: Path) -> Iterator[str]:
     """A real Prometheus with the guide's prometheus.yml, pointed at this test's ports (started
     first: it takes some seconds to scrape for the first time)."""
+    require_gunicorn()
     with prometheus(production_scrape(ports[1]), tmp_path / "data",
                     tmp_path / "prometheus.log") as url:
         yield url

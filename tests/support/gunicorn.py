@@ -1,6 +1,6 @@
 """Real gunicorn and a real Prometheus for the integration tests: the docs' recipes taken from
 the docs, processes started and stopped, the shipped dashboard's queries run against
-Prometheus."""
+Prometheus (tests/integration/test_gunicorn.py, test_django_gunicorn.py, test_dashboards.py)."""
 
 from __future__ import annotations
 
@@ -133,13 +133,13 @@ def worker_ports(log: Path) -> dict[int, int]:
 
 
 @contextmanager
-def prometheus(scrape: str, data: Path, log: Path) -> Iterator[str]:
-    """A real Prometheus scraping every 500 ms with the scrape configuration ``scrape``; its
-    base URL once ready."""
-    require_gunicorn()
+def prometheus(scrape: str, data: Path, log: Path, interval: str = "500ms") -> Iterator[str]:
+    """A real Prometheus scraping every ``interval`` with the scrape configuration ``scrape``;
+    its base URL once ready."""
     binary = require_binary("prometheus")
     config = data.parent / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 500ms\n  evaluation_interval: 1s\n" + scrape)
+    config.write_text(f"global:\n  scrape_interval: {interval}\n  evaluation_interval: 1s\n"
+                      + scrape)
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
