@@ -30,8 +30,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("django", reason="Django is not installed (the test extra has it)")
-
 from tests.support.faults import OwnServer
 from tests.support.gunicorn import (
     ROOT,
@@ -47,7 +45,7 @@ from tests.support.gunicorn import (
     wait_for_rates,
     worker_ports,
 )
-from tests.support.system import free_port
+from tests.support.system import free_port, require_package
 
 VIEWS = ROOT / "tests" / "frameworks" / "djangoapp" / "views.py"
 THREADS = 8  # gunicorn's 2 workers x 4 threads: the most requests in flight at once
@@ -122,6 +120,7 @@ def scraper(ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory) ->
     """A real Prometheus with the production guide's prometheus.yml on this test's ports
     (started first: its first scrape takes a while)."""
     require_gunicorn()
+    require_package("django", "Django")
     tmp = tmp_path_factory.mktemp("prometheus")
     with prometheus(production_scrape(ports[1]), tmp / "data", tmp / "prometheus.log") as url:
         yield url

@@ -5,7 +5,6 @@ Prometheus (tests/integration/test_gunicorn.py, test_django_gunicorn.py, test_da
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -20,9 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.system import REQUIRE_BINARIES_ENV, free_port, require_binary
+from tests.support.system import free_port, require_binary, require_package
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
@@ -46,14 +43,7 @@ def replaced(text: str, old: str, new: str) -> str:
 
 
 def require_gunicorn() -> None:
-    try:
-        import gunicorn  # noqa: F401
-    except ImportError:
-        message = ("gunicorn is not installed (the `test` extra has it: "
-                   "python3 -m pip install -e '.[test]', as .ci/run does)")
-        if os.environ.get(REQUIRE_BINARIES_ENV) == "1":
-            pytest.fail(f"{message}, and {REQUIRE_BINARIES_ENV}=1 forbids skipping")
-        pytest.skip(message)
+    require_package("gunicorn", "gunicorn")
 
 
 def free_port_pair() -> int:
