@@ -155,15 +155,16 @@ def figure() -> Callable[[str], None]:
 
 
 #: Set (as .ci/run does) to run the tests marked ``slow``: real Prometheus, gunicorn, a built
-#: wheel, valgrind, replication; each proves something no faster test does, and costs 2 to
-#: 25 s (the default suite stays under 3 minutes; its shorter siblings stay in it).
+#: wheel, valgrind, replication, Django's own test suite; each proves something no faster test
+#: does, and costs 2 to 25 s, Django's suite about 2 minutes (the default suite stays under 3
+#: minutes; its shorter siblings stay in it).
 SLOW_TESTS_ENV = "PSYCOPG2_POOL_SLOW_TESTS"
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if os.environ.get(SLOW_TESTS_ENV) == "1":
         return
-    skip = pytest.mark.skip(reason=f"slow (2-25 s): .ci/run runs it; set {SLOW_TESTS_ENV}=1 "
+    skip = pytest.mark.skip(reason=f"slow (2 s to 2 min): .ci/run runs it; set {SLOW_TESTS_ENV}=1 "
                                    f"to run it here")
     for item in items:
         if item.get_closest_marker("slow"):

@@ -39,6 +39,7 @@ from django.utils.asyncio import async_unsafe
 
 from ..pool import ConnectionPool
 from . import pools
+from .features import DatabaseFeatures
 from .loading import postgresql_base
 
 _postgresql = postgresql_base()
@@ -50,6 +51,7 @@ class DatabaseWrapper(PostgreSQLWrapper):  # type: ignore[misc]
     """Django's PostgreSQL wrapper, with connections from a ``ConnectionPool`` per alias."""
 
     _connection_pools: ClassVar[dict[str, Any]] = {}  # Django's psycopg 3 pools: never used here
+    features_class = DatabaseFeatures  # Django's, and the one test of its suite not ours
     # Set by Django's wrapper; declared for the type checker.
     alias: str
     settings_dict: dict[str, Any]
