@@ -102,3 +102,42 @@ def test_instruction_count_quick_run(dsn: str, tmp_path: Path) -> None:
     assert len(rows) == 1, output.read_text()
     count = float(rows[0].split("|")[2].replace(",", ""))
     assert count > 1000  # a cycle is thousands of instructions: 0 would mean a broken count
+
+
+@pytest.mark.slow  # ~30 s: seven gunicorn servers and four engines, a second of load each
+def test_frameworks_quick_run(dsn: str, tmp_path: Path) -> None:
+    """benchmarks/frameworks.py: every Django variant served and driven without an error,
+    each on psycopg2, and the sessions counted right (the stock backend with CONN_MAX_AGE=0
+    opens one per request; the pools no more than their size)."""
+    output = tmp_path / "frameworks.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "frameworks.py"), "--quick", "--dsn", dsn,
+         "--output", str(output)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {cells[0]: cells for line in output.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+    expected = ["psycopg2_pool.django", "stock, CONN_MAX_AGE=0", "stock, CONN_MAX_AGE=60",
+                "psycopg2_pool.django + health checks", "stock, CONN_MAX_AGE=60 + health checks",
+                "recipe: ConnectionPool + NullPool", "QueuePool",
+                "recipe: ConnectionPool + NullPool + check per checkout",
+                "QueuePool + check per checkout"]
+    try:
+        import dj_db_conn_pool  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        expected += ["django-db-connection-pool", "django-db-connection-pool + health checks"]
+    assert set(expected) <= set(rows), rows.keys()
+
+    def number(text: str) -> int:
+        return int(text.replace(",", ""))
+
+    for name in expected:
+        cells = rows[name]
+        errors, sessions, served = cells[-6], cells[-5], cells[-4]
+        assert number(errors) == 0, cells
+        if name == "stock, CONN_MAX_AGE=0":
+            assert number(sessions) == number(served) > 0, cells  # one per request, exactly
+        else:
+            assert 1 <= number(sessions) <= 8, cells  # 2 workers x 4 threads; 8 threads

@@ -1,0 +1,10 @@
+"""``gunicorn djangosite.wsgi``, with ``benchmarks/`` on the import path."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djangosite.settings")
+application = get_wsgi_application()
