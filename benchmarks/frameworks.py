@@ -16,18 +16,23 @@
   ``--workers`` connections on psycopg2; bare, and with a check per checkout
   (``check_idle_after=0`` against ``pool_pre_ping=True``).
 
-Sessions opened: ``pg_stat_database.sessions`` of the benchmark's database (PostgreSQL 14 or
-later), read before a variant's server (or engine) starts and after it has stopped and every
-one of its server processes has exited (a backend counts its session in the statistics at
-latest as it exits), so the figure covers the variant's whole run, warm-up included, and is
-exact; nothing else connects meanwhile. Read beside the requests the run served: Django's
-stock backend with ``CONN_MAX_AGE = 0`` opens one per request.
+Sessions opened: ``pg_stat_database.sessions`` of the benchmark's own database
+(``psycopg2_pool_frameworks``, made on the server; PostgreSQL 14 or later), read before a
+variant's server (or engine) starts and after it has stopped and every one of its server
+processes has exited (a backend counts its session in the statistics at latest as it
+exits), so the figure covers the variant's whole run, warm-up included, and is exact:
+nothing else connects to that database meanwhile. Read beside the requests the run served:
+Django's stock backend with ``CONN_MAX_AGE = 0`` opens one per request.
+
+CPU per request, from ``/proc`` over the measured window (a server on this machine): the
+application's (gunicorn's master and workers; for SQLAlchemy, this process) and the
+server's (the postmaster, its live children and those it has reaped).
 
 Each round runs every variant once, in a new shuffled order; the tables give medians over
 rounds and ratios of the same run (absolute figures on a shared 2-core VM are noise).
 
-    python3 benchmarks/frameworks.py                 # ~6 minutes; writes results/frameworks.md
-    python3 benchmarks/frameworks.py --quick         # a smoke run of seconds
+    python3 benchmarks/frameworks.py                 # ~9 minutes; writes results/frameworks.md
+    python3 benchmarks/frameworks.py --quick         # a smoke run, ~30 s
 """
 
 from __future__ import annotations
@@ -180,6 +185,31 @@ class Monitor:
             stop.set()
             sampler.join()
             conn.close()
+
+
+DATABASE = "psycopg2_pool_frameworks"
+
+
+def own_database(dsn: str) -> str:
+    """A DSN for a database of the benchmark's own on the server (made if missing), so that
+    its session count holds nothing but the variants' sessions; the DSN itself where the
+    role may not create one."""
+    import psycopg2
+    import psycopg2.extensions
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE DATABASE {DATABASE}")
+    except psycopg2.Error as exc:
+        print(f"using the DSN's own database: cannot create {DATABASE}: {exc}".strip())
+        return dsn
+    finally:
+        conn.close()
+    return psycopg2.extensions.make_dsn(dsn, dbname=DATABASE)
 
 
 def prepare(dsn: str) -> None:
@@ -602,9 +632,11 @@ def measure(monitor: Monitor, dsn: str, run: Callable[[], Tally]) -> tuple[Tally
 def table(results: dict[str, Result], names: list[str], baseline: str, peers: list[str],
           title: str) -> list[str]:
     names = [name for name in names if name in results]
-    peers = [peer for peer in peers if peer in results]
+    if not names:
+        return []
+    peers = [peer for peer in [baseline, *peers] if peer in results]
     lines = [f"### {title}", ""]
-    header = ["variant", "requests/s", f"vs {baseline}"]
+    header = ["variant", "requests/s"]
     header += [f"vs {peer}" for peer in peers]
     header += ["errors", "sessions opened", "requests served", "requests per session",
                "most sessions at once", "app CPU ms/request", "server CPU ms/request",
@@ -613,8 +645,9 @@ def table(results: dict[str, Result], names: list[str], baseline: str, peers: li
     median = {name: statistics.median(results[name].rps) for name in names}
     for name in names:
         result = results[name]
-        cells = [name, f"{median[name]:,.0f}", f"{median[name] / median[baseline]:.2f}x"]
-        cells += [f"{median[name] / median[peer]:.2f}x" for peer in peers]
+        cells = [name, f"{median[name]:,.0f}"]
+        cells += [f"{median[name] / statistics.median(results[peer].rps):.2f}x"
+                  for peer in peers]
         cells += [f"{sum(result.errors)}", _span(result.sessions), _span(result.served),
                   f"{sum(result.served) / max(1, sum(result.sessions)):,.2f}",
                   f"{max(result.peak)}", _ms(result.app_cpu), _ms(result.server_cpu),
@@ -634,8 +667,8 @@ def table(results: dict[str, Result], names: list[str], baseline: str, peers: li
 
 
 def paired(results: dict[str, Result], mine: str, peer: str) -> str:
-    if peer not in results:
-        return f"{peer}: not run"
+    if mine not in results or peer not in results:
+        return f"{mine} / {peer}: not both run"
     ratios = sorted(a / b for a, b in zip(results[mine].rps, results[peer].rps, strict=True))
     return f"{mine} / {peer} per round: " + ", ".join(f"{r:.2f}" for r in ratios)
 
@@ -645,9 +678,11 @@ def main() -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dsn", default=os.environ.get("PSYCOPG2_POOL_BENCH_DSN"),
-                        help="a libpq DSN (default: an embedded PostgreSQL via pgserver); its "
-                             "database gets the tables bench_product and bench_order")
-    parser.add_argument("--rounds", type=int, default=5)
+                        help="a libpq DSN (default: an embedded PostgreSQL via pgserver); the "
+                             f"run makes the database {DATABASE} there (or, if it may not, "
+                             "uses the DSN's) with the tables bench_product and bench_order")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds: each runs every variant once, in a shuffled order")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="measured seconds per variant per round")
     parser.add_argument("--warmup", type=float, default=1.5,
@@ -659,7 +694,10 @@ def main() -> None:
                         help="client threads (Django: HTTP; SQLAlchemy: request threads)")
     parser.add_argument("--write-every", type=int, default=10,
                         help="one request in N places an order (0: reads only)")
-    parser.add_argument("--only", choices=["django", "sqlalchemy"], default=None)
+    parser.add_argument("--only", choices=["django", "sqlalchemy"], default=None,
+                        help="run one half (default: both)")
+    parser.add_argument("--match", action="append", default=[], metavar="TEXT",
+                        help="run only the variants whose name contains TEXT (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 1 s")
     parser.add_argument("--output", type=Path,
                         default=BENCHMARKS / "results" / "frameworks.md",
@@ -675,7 +713,8 @@ def main() -> None:
         report.append(line)
 
     size = args.threads * args.workers
-    with server(args.dsn) as dsn:
+    with server(args.dsn) as server_dsn:
+        dsn = own_database(server_dsn)
         prepare(dsn)
         monitor = Monitor(dsn)
         server_pid = postmaster(monitor)
@@ -708,7 +747,8 @@ def main() -> None:
         say()
 
         if args.only in (None, "django"):
-            variants = django_variants(dsn, args.threads)
+            variants = [v for v in django_variants(dsn, args.threads)
+                        if not args.match or any(text in v.name for text in args.match)]
             results = {v.name: Result() for v in variants}
             for round_ in range(args.rounds):
                 order = variants[:]
@@ -751,7 +791,8 @@ def main() -> None:
             say()
 
         if args.only in (None, "sqlalchemy"):
-            engines = sqlalchemy_variants()
+            engines = [e for e in sqlalchemy_variants()
+                       if not args.match or any(text in e.name for text in args.match)]
             sa_results = {e.name: Result() for e in engines}
             for round_ in range(args.rounds):
                 order_ = engines[:]
