@@ -107,19 +107,22 @@ def test_a_blocking_metric_exporter_neither_stalls_nor_grows(make_pool: MakePool
 @pytest.fixture
 def blocking_logger() -> Iterator[tuple[Any, threading.Event]]:
     blocked = threading.Event()
+    done = threading.Event()
 
     class Logger:
-        """A logger whose every call blocks, as a logging handler on a full pipe would."""
+        """A logger whose every call blocks, as a logging handler on a full pipe would (until
+        the test is over: the pool's close then logs without a wait)."""
 
         def __getattr__(self, level: str) -> Any:
             def log(event: str, **kw: Any) -> None:
-                if not blocked.is_set():
+                if not blocked.is_set() and not done.is_set():
                     blocked.set()
                     time.sleep(BLOCK)
                     blocked.clear()
             return log
 
     yield Logger(), blocked
+    done.set()  # torn down before make_pool, which closes the pools
 
 
 def test_a_blocking_logger_on_exhaustion_holds_only_the_thread_that_timed_out(
