@@ -37,6 +37,7 @@ pytest.importorskip("django", reason="Django is not installed (the test extra ha
 from django.core.exceptions import ImproperlyConfigured
 
 from psycopg2_pool import ConnectionPool
+from tests.support.forking import in_child
 from tests.support.otel import Otel, point
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -521,23 +522,15 @@ def test_a_forked_child_forgets_the_parents_connection(site: Site) -> None:
             return int(cursor.fetchone()[0])
 
     parent = pid()
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            inherited = connections["default"].connection is None
-            mine = pid()
-            for connection in connections.all():
-                connection.close()
-            os.write(write, json.dumps([inherited, mine]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        inherited, mine = json.loads(pipe.read() or "null")
-    assert os.waitpid(child, 0)[1] == 0
+
+    def in_the_child() -> Any:
+        inherited = connections["default"].connection is None
+        mine = pid()
+        for connection in connections.all():
+            connection.close()
+        return [inherited, mine]
+
+    inherited, mine = in_child(in_the_child)
     assert inherited is True and mine != parent
     assert pid() == parent  # the parent's session is intact
     connections["default"].close()

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from psycopg2_pool import ConnectionPool, PoolExhausted
 from telemetry import PoolInstrumentation, instrument, names
 from telemetry.leaks import holders_note
+from tests.support.forking import in_child
 from tests.support.otel import Otel, point
 
 HERE = Path(__file__)
@@ -207,35 +208,24 @@ def test_a_forked_child_reports_its_leaks(dsn: str) -> None:
     """A pool instrumented before os.fork() (gunicorn's master under --preload): the child
     has the detector's task but not the parent's thread; the child starts its own, so a
     connection the child leaks is reported, with the child's line."""
-    import json
-
     from telemetry.worker import WORKER
 
     pool = ConnectionPool(0, 2, dsn=dsn, name="forked")
     handle = instrument(pool, leak_threshold=0.1)
     assert WORKER.running
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            with capture_logs() as logs:
-                conn = pool.getconn()  # PLANT: forked child
-                deadline = time.monotonic() + 5
-                while not suspected(logs) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            pool.putconn(conn)
-            os.write(write, json.dumps([WORKER.running,
-                                        [e["site"] for e in suspected(logs)]]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        running, sites = json.loads(pipe.read() or "null")
-    assert os.waitpid(child, 0)[1] == 0
+
+    def leak_in_the_child() -> Any:
+        with capture_logs() as logs:
+            conn = pool.getconn()  # PLANT: forked child
+            deadline = time.monotonic() + 5
+            while not suspected(logs) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        pool.putconn(conn)
+        return [WORKER.running, [e["site"] for e in suspected(logs)]]
+
+    running, sites = in_child(leak_in_the_child)
     assert running is True
-    assert sites == [site("forked child", "test_a_forked_child_reports_its_leaks")]
+    assert sites == [site("forked child", "leak_in_the_child")]
     pool.close()
     handle.uninstrument()
 
