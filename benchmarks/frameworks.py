@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import http.client
 import importlib.util
 import json
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from common import ROOT, server
 from sqlalchemy import ForeignKey, String, select
@@ -629,6 +630,31 @@ def measure(monitor: Monitor, dsn: str, run: Callable[[], Tally]) -> tuple[Tally
     return tally, monitor.settled() - before - 1, peak[0]
 
 
+class Named(Protocol):
+    name: str
+
+
+N = TypeVar("N", bound=Named)
+
+
+def in_rounds(variants: list[N], run: Callable[[N], Tally], match: list[str] | None,
+              rounds: int, monitor: Monitor, dsn: str, seed: int) -> dict[str, Result]:
+    """Each variant (those whose name contains a ``match``, if any) once per round, in an
+    order shuffled each round (so that drift spreads over all), measured by :func:`measure`."""
+    chosen = [v for v in variants if not match or any(text in v.name for text in match)]
+    results = {v.name: Result() for v in chosen}
+    for round_ in range(rounds):
+        order = chosen[:]
+        random.Random(seed + round_).shuffle(order)
+        for variant in order:
+            tally, opened, peak = measure(monitor, dsn, functools.partial(run, variant))
+            results[variant.name].record(tally, opened, peak)
+            print(f"  round {round_ + 1} {variant.name}: {tally.rps:,.0f} req/s, "
+                  f"{tally.errors} errors, {opened} sessions for {tally.total} requests, "
+                  f"at most {peak} at once", flush=True)
+    return results
+
+
 def table(results: dict[str, Result], names: list[str], baseline: str, peers: list[str],
           title: str) -> list[str]:
     names = [name for name in names if name in results]
@@ -747,24 +773,13 @@ def main() -> None:
         say()
 
         if args.only in (None, "django"):
-            variants = [v for v in django_variants(dsn, args.threads)
-                        if not args.match or any(text in v.name for text in args.match)]
-            results = {v.name: Result() for v in variants}
-            for round_ in range(args.rounds):
-                order = variants[:]
-                random.Random(round_).shuffle(order)
-                for variant in order:
-                    def run(variant: Variant = variant) -> Tally:
-                        with site(variant, args.workers, args.threads) as client:
-                            return load(client.request, args.clients, args.warmup,
-                                        args.seconds, args.write_every,
-                                        cpu(lambda: tree_cpu(client.pid)))
+            def run_site(variant: Variant) -> Tally:
+                with site(variant, args.workers, args.threads) as client:
+                    return load(client.request, args.clients, args.warmup, args.seconds,
+                                args.write_every, cpu(lambda: tree_cpu(client.pid)))
 
-                    tally, opened, peak = measure(monitor, dsn, run)
-                    results[variant.name].record(tally, opened, peak)
-                    print(f"  round {round_ + 1} {variant.name}: {tally.rps:,.0f} req/s, "
-                          f"{tally.errors} errors, {opened} sessions for {tally.total} "
-                          f"requests, at most {peak} at once", flush=True)
+            results = in_rounds(django_variants(dsn, args.threads), run_site, args.match,
+                                args.rounds, monitor, dsn, seed=0)
             say(f"## Django: gunicorn {args.workers} workers x {args.threads} threads "
                 f"(gthread), {args.clients} HTTP clients")
             say()
@@ -791,27 +806,17 @@ def main() -> None:
             say()
 
         if args.only in (None, "sqlalchemy"):
-            engines = [e for e in sqlalchemy_variants()
-                       if not args.match or any(text in e.name for text in args.match)]
-            sa_results = {e.name: Result() for e in engines}
-            for round_ in range(args.rounds):
-                order_ = engines[:]
-                random.Random(100 + round_).shuffle(order_)
-                for engine_variant in order_:
-                    def run_sa(variant: Engine = engine_variant) -> Tally:
-                        engine, close = variant.make(dsn, size)
-                        try:
-                            return load(lambda rng, write: orm_request(engine, rng, write),
-                                        args.clients, args.warmup, args.seconds,
-                                        args.write_every, cpu(time.process_time))
-                        finally:
-                            close()
+            def run_engine(variant: Engine) -> Tally:
+                engine, close = variant.make(dsn, size)
+                try:
+                    return load(lambda rng, write: orm_request(engine, rng, write),
+                                args.clients, args.warmup, args.seconds, args.write_every,
+                                cpu(time.process_time))
+                finally:
+                    close()
 
-                    tally, opened, peak = measure(monitor, dsn, run_sa)
-                    sa_results[engine_variant.name].record(tally, opened, peak)
-                    print(f"  round {round_ + 1} {engine_variant.name}: {tally.rps:,.0f} "
-                          f"req/s, {tally.errors} errors, {opened} sessions for "
-                          f"{tally.total} requests, at most {peak} at once", flush=True)
+            sa_results = in_rounds(sqlalchemy_variants(), run_engine, args.match, args.rounds,
+                                   monitor, dsn, seed=100)
             say(f"## SQLAlchemy: ORM, a Session per request, {args.clients} threads in one "
                 f"process, {size} connections")
             say()
