@@ -12,7 +12,8 @@ hold the pool to them):
 ``return_times`` (a view of the idle records, :class:`~psycopg2_pool.connection.ReturnTimes`),
 ``_records``, ``_waiters``, ``_keys``, ``_size``, ``_closing``, the counters of reserved slots
 and ``_attempts`` (upkeep.py), ``_stats``, ``_discards``, ``_closed``, ``_announcers``,
-``_fast``'s counters and flag, ``_drains`` and ``_moving`` (replacement.py), and each
+``_fast``'s counters and flag, ``_drains``, ``_moving`` and ``_replacing``
+(replacement.py: the role change's closes not run yet, and each task's ``conns``), and each
 record's ``state``, ``returning``, ``lent``, ``since``, ``returned_at``, ``key``,
 ``doomed`` and ``expires`` (``drain()`` and a role change doom a checked-out record from
 another thread: ``doomed`` set, ``expires`` put in the past). Both fast paths (an idle
